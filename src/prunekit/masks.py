@@ -33,8 +33,7 @@ class LayerMask:
             self.drop_attention
             or self.drop_ffn
             or any(
-                m is not None and not bool(m.all())
-                for m in (self.heads, self.neurons, self.attn_rows, self.ffn_rows)
+                m is not None and not bool(m.all()) for m in (self.heads, self.neurons, self.attn_rows, self.ffn_rows)
             )
         )
 
@@ -184,9 +183,7 @@ def sparsity_report(model: nn.Module, masks: MaskSet | None = None, topo: Topolo
                 wm, bm = emasks[name]
                 lk += int((wm & (w != 0)).sum()) + (int((bm & (bias != 0)).sum()) if bias is not None else 0)
             else:
-                lk += int(torch.count_nonzero(w)) + (
-                    int(torch.count_nonzero(bias)) if bias is not None else 0
-                )
+                lk += int(torch.count_nonzero(w)) + (int(torch.count_nonzero(bias)) if bias is not None else 0)
         lm = masks.layers.get(b.index, LayerMask()) if masks else LayerMask()
         att = b.attention
         heads = (
@@ -195,9 +192,7 @@ def sparsity_report(model: nn.Module, masks: MaskSet | None = None, topo: Topolo
             else (int(lm.heads.sum()) if lm.heads is not None else att.num_heads)
         )
         width = (
-            0
-            if (b.ffn is None or lm.drop_ffn)
-            else (int(lm.neurons.sum()) if lm.neurons is not None else b.ffn.width)
+            0 if (b.ffn is None or lm.drop_ffn) else (int(lm.neurons.sum()) if lm.neurons is not None else b.ffn.width)
         )
         layers.append(
             {
@@ -218,3 +213,62 @@ def sparsity_report(model: nn.Module, masks: MaskSet | None = None, topo: Topolo
         "density": kept / tot if tot else 0.0,
         "sparsity": 1 - kept / tot if tot else 0.0,
     }
+
+
+def merge(*mask_sets: MaskSet) -> MaskSet:
+    """Union of what several mask sets prune (a unit is kept only if every set keeps it)."""
+    out = MaskSet()
+
+    def both(a, b):
+        return b if a is None else a if b is None else a & b
+
+    for ms in mask_sets:
+        for i, lm in ms.layers.items():
+            cur = out.layer(i)
+            cur.heads = both(cur.heads, lm.heads)
+            cur.neurons = both(cur.neurons, lm.neurons)
+            cur.attn_rows = both(cur.attn_rows, lm.attn_rows)
+            cur.ffn_rows = both(cur.ffn_rows, lm.ffn_rows)
+            cur.drop_attention |= lm.drop_attention
+            cur.drop_ffn |= lm.drop_ffn
+        for name, m in ms.weights.items():
+            out.weights[name] = both(out.weights.get(name), m.bool())
+        out.patterns.update(ms.patterns)
+    return out
+
+
+@torch.no_grad()
+def masks_from_zeros(model: nn.Module, topo: Topology | None = None) -> MaskSet:
+    """Structure whose removal cannot change the output: heads whose output-projection columns are all
+    zero, neurons whose output column is zero, hidden rows whose output row and bias are zero."""
+    topo = topo or describe(model)
+    masks = MaskSet()
+    for b in topo.blocks:
+        lm = masks.layer(b.index)
+        a = b.attention
+        if a is not None and a.num_heads:
+            o = get_module(model, a.o)
+            cols = weight_view(o).reshape(weight_view(o).shape[0], a.num_heads, a.head_dim)
+            heads = cols.abs().sum((0, 2)) > 0
+            if a.group_size > 1:  # only whole groups, or the same count per group, can go
+                per = heads.view(a.num_kv_heads, -1)
+                if len({int(x) for x in per.sum(1) if x > 0}) > 1:
+                    heads = torch.ones_like(heads)
+            lm.heads = heads
+        if b.ffn is not None:
+            lm.neurons = weight_view(get_module(model, b.ffn.output)).abs().sum(0) > 0
+        for name, attr in ((a.o if a else None, "attn_rows"), (b.ffn.output if b.ffn else None, "ffn_rows")):
+            if name is None:
+                continue
+            module = get_module(model, name)
+            live = weight_view(module).abs().sum(1) > 0
+            if getattr(module, "bias", None) is not None:
+                live |= module.bias != 0
+            full = torch.ones(topo.hidden_size, dtype=torch.bool)
+            full[getattr(module, "out_index", torch.arange(live.numel()))] = live
+            if getattr(module, "out_index", None) is not None:
+                keep = torch.zeros(topo.hidden_size, dtype=torch.bool)
+                keep[module.out_index[live]] = True
+                full = keep
+            setattr(lm, attr, full)
+    return masks
