@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from prunekit.errors import UsageError
-from prunekit.masks import LayerMask, MaskSet
+from prunekit.masks import MaskSet
 from prunekit.patterns import (
     block_scores,
     check_sparsity,

