@@ -24,7 +24,9 @@ def _heads(family: str, g: torch.Generator, allow_empty: bool = True) -> torch.T
         groups = torch.rand(KV, generator=g) < 0.7
         if per and not groups.any():
             groups[0] = True
-        return torch.stack([torch.arange(2) < per if keep else torch.zeros(2, dtype=torch.bool) for keep in groups]).flatten()
+        return torch.stack(
+            [torch.arange(2) < per if keep else torch.zeros(2, dtype=torch.bool) for keep in groups]
+        ).flatten()
     return torch.rand(HEADS, generator=g) < 0.5
 
 
@@ -59,8 +61,11 @@ def test_edge_cases_compact_exactly(family):
     masks = MaskSet(
         layers={
             0: LayerMask(heads=torch.zeros(HEADS, dtype=torch.bool), neurons=torch.ones(WIDTH, dtype=torch.bool)),
-            1: LayerMask(heads=one_head, neurons=torch.zeros(WIDTH, dtype=torch.bool),
-                         attn_rows=torch.zeros(HIDDEN, dtype=torch.bool)),
+            1: LayerMask(
+                heads=one_head,
+                neurons=torch.zeros(WIDTH, dtype=torch.bool),
+                attn_rows=torch.zeros(HIDDEN, dtype=torch.bool),
+            ),
             2: LayerMask(drop_attention=True, drop_ffn=True),
         }
     )
@@ -96,8 +101,11 @@ def test_compacting_twice_composes(family):
         lm.heads = torch.ones(HEADS, dtype=torch.bool)
     once = compact(copy.deepcopy(model), first)
     g = torch.Generator().manual_seed(7)
-    second = MaskSet(layers={i: LayerMask(heads=_heads(family, g), attn_rows=torch.rand(HIDDEN, generator=g) < 0.6)
-                             for i in range(3)})
+    second = MaskSet(
+        layers={
+            i: LayerMask(heads=_heads(family, g), attn_rows=torch.rand(HIDDEN, generator=g) < 0.6) for i in range(3)
+        }
+    )
     check_equal(once, second, tiny_inputs(family))
 
 

@@ -112,7 +112,9 @@ def uniform_config_update(model: nn.Module) -> dict:
         update.update(
             num_attention_heads=h,
             num_key_value_heads=kv,
-            head_dim=describe(model).blocks[0].attention.head_dim,
+            head_dim=next(
+                b.attention.head_dim for b in describe(model).blocks if b.attention and b.attention.num_heads
+            ),
         )
     return update
 
