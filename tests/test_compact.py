@@ -8,12 +8,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny import FAMILIES, tiny_inputs, tiny_model
 
 from prunekit.compact import check_equal, compact
 from prunekit.errors import UsageError
 from prunekit.masks import LayerMask, MaskSet, apply_masks, masks_from_zeros, sparsity_report
 from prunekit.topology import describe
+from tiny import FAMILIES, tiny_inputs, tiny_model
 
 HEADS, KV, WIDTH, HIDDEN = 4, 2, 48, 32
 

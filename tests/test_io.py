@@ -7,8 +7,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_compact import random_masks
-from tiny import FAMILIES, tiny_inputs, tiny_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import prunekit
@@ -17,6 +15,8 @@ from prunekit.errors import PrunekitError, UsageError
 from prunekit.io import read_manifest, staged_dir
 from prunekit.masks import LayerMask, MaskSet
 from prunekit.topology import describe
+from test_compact import random_masks
+from tiny import FAMILIES, tiny_inputs, tiny_model
 
 
 def _auto(family):

@@ -8,12 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import FAMILIES, tiny_inputs, tiny_model
 
 from prunekit.compact import check_equal
 from prunekit.errors import UsageError
 from prunekit.methods.magnitude import magnitude_masks
 from prunekit.patterns import block_scores, expand_blocks, kept_count, nm_mask, parse_pattern, topk_mask
+from tiny import FAMILIES, tiny_inputs, tiny_model
 
 
 @pytest.mark.parametrize(
