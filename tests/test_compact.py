@@ -151,3 +151,25 @@ def test_sparsity_accounting_matches_compacted_parameters():
 @given(family=st.sampled_from(FAMILIES), seed=st.integers(0, 10_000))
 def test_property_compaction_equals_masking(family, seed):
     check_equal(tiny_model(family, seed=seed % 3), random_masks(family, seed), tiny_inputs(family, seed=seed))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_compacted_decoder_generates_with_kv_cache(family):
+    """Layers without attention never touch the KV cache; cached greedy decoding equals uncached."""
+    model = tiny_model(family)
+    heads = torch.tensor([True, False, True, False])
+    masks = MaskSet(
+        layers={
+            0: LayerMask(heads=torch.zeros(HEADS, dtype=torch.bool)),
+            1: LayerMask(drop_attention=True),
+            2: LayerMask(heads=heads),
+        }
+    )
+    compacted = compact(model, masks)
+    ids = tiny_inputs(family)["input_ids"][:1]
+    out = compacted.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    cur = ids
+    for _ in range(5):
+        nxt = compacted(cur, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        cur = torch.cat([cur, nxt], dim=1)
+    assert torch.equal(out, cur)
