@@ -32,6 +32,21 @@ def test_parse_pattern(text, kind):
     assert str(parse_pattern(text)) == text
 
 
+@pytest.mark.parametrize(
+    "plural,kind", [("heads", "head"), ("neurons", "neuron"), ("rows", "row"), ("Layers", "layer")]
+)
+def test_plural_structured_names(plural, kind):
+    assert parse_pattern(plural).kind == kind
+
+
+def test_prune_specs_in_every_spelling():
+    from prunekit.api import parse_prune_spec
+
+    assert parse_prune_spec("rows=0.1") == ("row", 0.1)
+    assert parse_prune_spec("heads=0.5") == ("head", 0.5)
+    assert parse_prune_spec("2:4") == ("2:4", 0.5)
+
+
 @pytest.mark.parametrize("bad", ["4:2", "0:4", "2:2", "0x32", "diagonal", "2-4"])
 def test_bad_patterns_are_clear_errors(bad):
     with pytest.raises(UsageError, match="pattern"):

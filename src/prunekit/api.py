@@ -17,7 +17,7 @@ from prunekit.patterns import check_sparsity, parse_pattern
 def parse_prune_spec(spec: str) -> tuple[str, float | None]:
     """'heads=0.5', 'neurons=0.3', 'rows=0.2', 'unstructured=0.7', '32x32=0.6', '2:4' -> (pattern, sparsity)."""
     kind, _, value = spec.partition("=")
-    kind = {"heads": "head", "neurons": "neuron"}.get(kind.strip(), kind.strip())
+    kind = kind.strip()
     pattern = parse_pattern(kind)
     if pattern.kind == "nm":
         if value:

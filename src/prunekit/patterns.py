@@ -38,6 +38,8 @@ class Pattern:
 
 def parse_pattern(text: str) -> Pattern:
     s = str(text).strip().lower()
+    if s.endswith("s") and s[:-1] in STRUCTURED:  # heads, neurons, rows, layers
+        s = s[:-1]
     if s in ("unstructured", *STRUCTURED):
         return Pattern(s)
     if match := re.fullmatch(r"(\d+):(\d+)", s):
