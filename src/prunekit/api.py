@@ -126,3 +126,47 @@ def reference_for(run_dir: str) -> nn.Module:
     labels = getattr(pruned.config, "num_labels", None) if manifest.task_head != "causal-lm" else None
     model, _ = load_model(manifest.source_model, task=manifest.task_head, num_labels=labels)
     return model.eval()
+
+
+def evaluate_run(
+    run_dir: str,
+    *,
+    data: str | None = None,
+    columns: dict[str, str] | None = None,
+    split: str = "test",
+    batch_size: int = 64,
+    max_length: int | None = None,
+) -> dict[str, Any]:
+    """Metrics of a run's model on its own split (re-made from the manifest's split recipe) or on a user file."""
+    from prunekit.io import load, read_manifest
+    from prunekit.tasks import evaluation_data, get_task, load_data
+
+    manifest = read_manifest(run_dir)
+    info = manifest.task or {}
+    if "kind" not in info:
+        raise UsageError(f"'{run_dir}' records no task (it was not trained by prunekit): evaluate needs one")
+    task = get_task(info["kind"])
+    model, tok = load(run_dir, with_tokenizer=True)
+    recipe = manifest.recipe or {}
+    max_length = max_length or (recipe.get("train") or {}).get("max_length", 128)
+    if data is not None:
+        dataset = evaluation_data(data, task=task.kind, columns=columns or info.get("columns"))
+        where = data
+    else:
+        if split not in ("validation", "test"):
+            raise UsageError(f"--split '{split}' is not validation or test")
+        s = manifest.split or {}
+        d = recipe.get("data") or {}
+        splits, _ = load_data(
+            d.get("dataset", info.get("dataset")),
+            task=task.kind,
+            columns=d.get("columns"),
+            data_dir=d.get("data_dir"),
+            seed=s.get("seed", d.get("seed", 0)),
+            validation_fraction=d.get("validation_fraction", 0.1),
+            test_fraction=d.get("test_fraction", 0.1),
+            max_examples=d.get("max_examples"),
+        )
+        dataset, where = splits[split], split
+    metrics = task.evaluate(model, dataset, tok, batch_size=batch_size, max_length=max_length)
+    return {"data": where, "examples": len(dataset), **metrics}

@@ -185,6 +185,193 @@ def export(
     typer.echo(f"wrote {path} ({info['exporter']} exporter, max |onnxruntime - torch| = {info['max_abs_diff']:.2e})")
 
 
+def _summary_table(summary: dict, main_metric: str) -> Table:
+    """Dense vs pruned quality, size and measured speed of one run."""
+    metrics = summary.get("metrics", {})
+    table = Table(title=f"{summary.get('out_dir', '')}")
+    table.add_column("")
+    table.add_column("dense")
+    table.add_column("pruned")
+    for split in ("validation", "test"):
+        dense = metrics.get("dense", {}).get(split, {}).get(main_metric)
+        pruned = metrics.get(split, {}).get(main_metric)
+        if pruned is not None:
+            table.add_row(f"{split} {main_metric}", "-" if dense is None else f"{dense:.4f}", f"{pruned:.4f}")
+    saved = summary.get("sparsity", {}).get("saved", {})
+    if saved:
+        table.add_row("block params kept", "100%", f"{1 - saved['sparsity']:.1%}")
+    bench = summary.get("bench") or {}
+    for flops in bench.get("flops_per_token", [])[:1]:
+        table.add_row(f"FLOPs/token (seq {flops['seq_len']})", "1.00x", f"{flops['ratio']['total']:.2f}x")
+    for point in bench.get("latency", []):
+        table.add_row(
+            f"latency b{point['batch']} s{point['seq_len']} ({bench['device']}, {bench['threads']} threads)",
+            f"{point['dense']['median_ms']:.1f} ms",
+            f"{point['pruned']['median_ms']:.1f} ms ({point['speedup']:.2f}x)",
+        )
+    return table
+
+
+def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_json: bool) -> dict:
+    from prunekit.pipeline import run_recipe
+    from prunekit.tasks import get_task  # noqa: F401  (fail early if tasks are broken)
+
+    summary = run_recipe(
+        recipe,
+        out,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+        log=(lambda *_: None) if as_json else (lambda msg: err.print(msg, highlight=False)),
+    )
+    if not summary:  # a non-main process under accelerate launch
+        return summary
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        from prunekit.io import read_manifest
+
+        key = (read_manifest(summary["out_dir"]).task or {}).get("main_metric", "accuracy")
+        console.print(_summary_table(summary, key))
+        console.print(f"run directory: {summary['out_dir']}  (report: {summary['out_dir']}/report.md)")
+    return summary
+
+
+Overrides = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a recipe value: key.path=value (repeatable).")
+]
+
+
+@app.command()
+def prune(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML (see examples/).")],
+    out: Annotated[str | None, typer.Option(help="Run directory to write (default: runs/RECIPE-NAME).")] = None,
+    overrides: Overrides = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT (and any interrupted run of it).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its newest checkpoint.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Fine-tune and prune as a recipe says; compact, evaluate, bench, save and report."""
+    from pathlib import Path
+
+    from prunekit.recipe import load_recipe
+
+    r = load_recipe(recipe, overrides)
+    _run(r, out or f"runs/{Path(recipe).stem}", overwrite, resume, progress, as_json)
+
+
+@app.command()
+def finetune(
+    model: Annotated[str, typer.Argument(help="Model name (see `prunekit models`), folder or run directory.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset name (see `prunekit datasets`) or a CSV/JSONL/JSON file.")],
+    out: Annotated[str, typer.Argument(help="Run directory to write.")],
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 32,
+    task: Annotated[str | None, typer.Option(help="Task kind for your own file (inferred when possible).")] = None,
+    columns: Annotated[
+        list[str] | None, typer.Option("--column", help="Column mapping canonical=yours, e.g. text=review.")
+    ] = None,
+    overrides: Overrides = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Dense fine-tuning (no pruning): the teacher and starting point for the methods."""
+    from prunekit.recipe import apply_overrides, parse_recipe
+
+    tree = {
+        "model": model,
+        "data": {"dataset": dataset, "task": task, "columns": _mapping(columns)},
+        "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size},
+        "method": {"name": "dense"},
+        "bench": {"enabled": False},
+    }
+    r = parse_recipe(apply_overrides(tree, overrides), source="finetune")
+    _run(r, out, overwrite, resume, progress, as_json)
+
+
+def _mapping(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"column mapping '{item}' is not canonical=yours, e.g. --column text=review")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[str, typer.Argument(help="Run directory.")],
+    data: Annotated[str | None, typer.Option(help="Evaluate on your own CSV/JSONL/JSON file instead.")] = None,
+    columns: Annotated[
+        list[str] | None, typer.Option("--column", help="Column mapping canonical=yours, e.g. text=review.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of the run's own dataset: validation or test.")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 64,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Evaluate a run's model on its test split (re-made from the recorded split recipe) or on your file."""
+    from prunekit.api import evaluate_run
+
+    metrics = evaluate_run(run_dir, data=data, columns=_mapping(columns), split=split, batch_size=batch_size)
+    _print_rows([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}], run_dir, as_json)
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Run directory to write.")] = "runs/demo",
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT.")] = True,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted demo.")] = False,
+    overrides: Overrides = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """MiniLM-L6 on Rotten Tomatoes, end to end: fine-tune, prune, compact, evaluate, bench, report."""
+    from prunekit.recipe import load_recipe
+
+    recipe = load_recipe(demo_recipe_path(), overrides)
+    _run(recipe, out, overwrite and not resume, resume, progress, as_json=False)
+
+
+def demo_recipe_path():
+    from pathlib import Path
+
+    return Path(__file__).parent / "recipes" / "demo.yaml"
+
+
+@app.command()
+def report(run_dir: Annotated[str, typer.Argument(help="Run directory.")]) -> None:
+    """(Re)write a run's report.md and plots."""
+    from prunekit.io import read_manifest
+    from prunekit.report import write_report
+
+    read_manifest(run_dir)
+    typer.echo(f"wrote {write_report(run_dir)}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[str], typer.Argument(help="Run directories to compare.")],
+    out: Annotated[str | None, typer.Option(help="Folder for comparison.md and the accuracy-vs-speedup plot.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One table (quality, kept parameters, FLOPs, measured speedup, training time) and plot for several runs."""
+    from prunekit import report as rp
+
+    result = rp.compare(run_dirs, out)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        console.print(rp.format_table(result["rows"] if isinstance(result, dict) and "rows" in result else result))
+        if out:
+            typer.echo(f"wrote {out}/comparison.md and {out}/accuracy_vs_speedup.png")
+
+
 def main() -> None:
     debug = "--debug" in sys.argv
     try:

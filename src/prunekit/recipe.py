@@ -1,0 +1,123 @@
+"""Recipes: one YAML file says what to prune, on what data, how long and with which method.
+
+Validated by pydantic (unknown keys are errors), overridable from the CLI with `--set a.b=c`,
+and saved resolved in the run manifest so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from prunekit.errors import UsageError
+from prunekit.methods.base import create_method, explain
+from prunekit.train.config import TrainConfig
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = "rotten_tomatoes"  # a catalog name, or a CSV / JSONL / JSON file or saved datasets folder
+    task: str | None = None  # needed for your own files unless it can be inferred from the columns
+    columns: dict[str, str] | None = None  # canonical -> your column name, e.g. {text: review, label: stars}
+    data_dir: str | None = None
+    seed: int = Field(0, ge=0)
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    max_examples: int | None = Field(None, ge=1)  # cap on each split (seeded, stratified)
+
+
+class DistillSpec(BaseModel):
+    """Knowledge distillation; teacher `dense` = the dense model fine-tuned in this run."""
+
+    model_config = ConfigDict(extra="forbid")
+    teacher: str = "dense"
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+    hidden_weight: float = Field(0.0, ge=0)
+    attention_weight: float = Field(0.0, ge=0)
+    layer_map: list[int] | None = None
+
+
+class BenchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    batch: list[int] = [1, 32]
+    seq: int = Field(128, ge=1)
+    repeats: int = Field(10, ge=1)
+    warmup: int = Field(3, ge=0)
+    threads: int | None = Field(None, ge=1)
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = "minilm-l6"  # catalog name, HF folder, hub id or a prunekit run directory
+    data: DataSpec = DataSpec()
+    finetune: TrainConfig | None = None  # dense fine-tuning first (the teacher and the dense reference)
+    train: TrainConfig = TrainConfig()  # the pruning stage
+    method: dict[str, Any] = {"name": "dense"}
+    distill: DistillSpec | None = None
+    bench: BenchSpec = BenchSpec()
+    trust_remote_code: bool = False
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "name" not in v:
+            raise ValueError("give the method's name, e.g. method: {name: magnitude, sparsity: 0.5}")
+        return v
+
+    def method_config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.method.items() if k != "name"}
+
+    def create_method(self):
+        return create_method(self.method["name"], self.method_config())
+
+
+def _set(tree: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise UsageError(f"--set '{dotted}={raw}': the key is empty; write e.g. --set train.epochs=2")
+    node = tree
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise UsageError(f"--set '{dotted}': '{k}' is a value, not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+
+
+def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set '{item}' has no '=': write key=value, e.g. --set train.epochs=2")
+        _set(tree, key.strip(), value.strip())
+    return tree
+
+
+def parse_recipe(tree: dict, source: str = "recipe") -> Recipe:
+    """Validate a recipe tree; every error is one line naming the key."""
+    try:
+        recipe = Recipe.model_validate(tree)
+    except ValidationError as exc:
+        raise UsageError(f"{source}: {explain(exc)}") from exc
+    recipe.create_method()  # validates the method's own section now, not after an hour of fine-tuning
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"recipe '{path}' not found: give a YAML file (see examples/)")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"recipe '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(tree, dict):
+        raise UsageError(f"recipe '{path}' must be a mapping of sections (model, data, train, method, ...)")
+    return parse_recipe(apply_overrides(tree, overrides), source=str(path))

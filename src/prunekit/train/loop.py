@@ -1,0 +1,440 @@
+"""The fine-tuning loop every method runs in, on Hugging Face `accelerate`.
+
+The data order is a function of (seed, epoch) alone and the loop position is part of every checkpoint,
+so a killed run resumes exactly where it stopped: same batches, same RNG states, same weights.
+Under `accelerate launch` each process takes every world-th batch of that order; evaluation,
+checkpoints and logs happen on the main process only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.methods.base import Dense, Method
+from prunekit.topology import describe
+from prunekit.train import checkpoint as ckpt
+from prunekit.train.config import TrainConfig
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln_1.weight", "ln_2.weight", "ln_f")
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)  # evaluation records
+    best: dict | None = None  # the evaluation record of the kept weights
+    steps: int = 0
+    train_s: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def process_batches(n: int, cfg: TrainConfig, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This process's micro-batches (example indices) for one epoch; equal counts on every process."""
+    order = epoch_order(n, cfg.seed, epoch)
+    batches = [order[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+    per = len(batches) // world if world > 1 else len(batches)
+    return batches[rank::world][:per]
+
+
+def steps_per_epoch(n: int, cfg: TrainConfig, world: int) -> int:
+    return math.ceil(len(process_batches(n, cfg, 0, 0, world)) / cfg.grad_accum)
+
+
+def _mixed_precision(cfg: TrainConfig, device: str) -> str:
+    if cfg.mixed_precision != "auto":
+        return cfg.mixed_precision
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def _param_groups(model: nn.Module, method: Method, weight_decay: float) -> list[dict]:
+    extra = method.parameter_groups()
+    taken = {id(p) for g in extra for p in g["params"]}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in taken:
+            continue
+        (no_decay if any(k in name for k in NO_DECAY) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups + extra if g["params"]]
+
+
+class _Mean:
+    """Running means of logged scalars between two log lines."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        self.n += 1
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def pop(self) -> dict[str, float]:
+        out = {k: v / max(self.n, 1) for k, v in self.sums.items()}
+        self.sums, self.n = {}, 0
+        return out
+
+
+class Trainer:
+    """Fine-tunes `model` on `task` while `method` prunes it. See `train()` for the one-call form."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        task,
+        data,
+        *,
+        method: Method | None = None,
+        config: TrainConfig | None = None,
+        work_dir: str | Path,
+        teacher: nn.Module | None = None,
+        distill=None,
+        progress: bool = True,
+        stage: str = "train",
+    ) -> None:
+        from accelerate import Accelerator
+
+        self.cfg = config or TrainConfig()
+        self.method = method or Dense()
+        self.task, self.tokenizer, self.data = task, tokenizer, data
+        self.work_dir = Path(work_dir)
+        self.stage = stage
+        self.teacher, self.distill = teacher, distill
+        cpu = self.cfg.device == "cpu" or (self.cfg.device is None and not torch.cuda.is_available())
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision=_mixed_precision(self.cfg, "cpu" if cpu else "cuda"))
+        self.progress = progress and self.accelerator.is_main_process
+        seed_everything(self.cfg.seed)
+        self.model = model
+        self.method.attach(model, describe(model))
+        self.features = task.features(data["train"], tokenizer, self.cfg.max_length)
+        self.collate = task.collator(tokenizer)
+        world = self.accelerator.num_processes
+        self.steps_per_epoch = steps_per_epoch(len(self.features), self.cfg, world)
+        total = self.steps_per_epoch * self.cfg.epochs
+        self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+        self.optimizer = torch.optim.AdamW(_param_groups(model, self.method, self.cfg.weight_decay), lr=self.cfg.lr)
+        from transformers import get_linear_schedule_with_warmup
+
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(self.cfg.warmup_ratio * self.total_steps), max(self.total_steps, 1)
+        )
+        self.wrapped, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if teacher is not None:
+            self.teacher = teacher.to(self.accelerator.device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+        self.step = 0
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.train_s = 0.0
+        self._last_loss: float | None = None
+        self.log_path = self.work_dir / "metrics.jsonl"
+        self.ckpt_dir = self.work_dir / "checkpoints" / stage
+        self.best_dir = self.work_dir / "best" / stage
+
+    # ------------------------------------------------------------------ state
+
+    def _state(self) -> tuple[dict, dict, dict]:
+        trainer = {"step": self.step, "history": self.history, "best": self.best, "train_s": self.train_s}
+        extra = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "method": self.method.state_dict(),
+        }
+        return self.accelerator.unwrap_model(self.wrapped).state_dict(), trainer, extra
+
+    def save_checkpoint(self) -> None:
+        if self.accelerator.is_main_process:
+            model_state, trainer, extra = self._state()
+            ckpt.save_checkpoint(
+                self.ckpt_dir,
+                self.step,
+                model_state=model_state,
+                trainer_state=trainer,
+                extra=extra,
+                keep=self.cfg.keep_checkpoints,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def resume(self) -> bool:
+        """Load the newest usable checkpoint of this stage; False when there is none."""
+        found = ckpt.latest_usable(self.ckpt_dir)
+        if found is None:
+            return False
+        _, (model_state, trainer, extra) = found
+        self._load_model_state(model_state)
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        self.method.load_state_dict(extra["method"])
+        ckpt.set_rng_state(extra["rng"])
+        self.step, self.history, self.best = trainer["step"], trainer["history"], trainer["best"]
+        self.train_s = trainer["train_s"]
+        self._truncate_log()
+        return True
+
+    def _load_model_state(self, state: dict) -> None:
+        model = self.accelerator.unwrap_model(self.wrapped)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or {})
+        if [k for k in missing if k not in tied] or unexpected:
+            raise RuntimeError(
+                f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint, so a resumed log equals an uninterrupted one."""
+        if not (self.accelerator.is_main_process and self.log_path.exists()):
+            return
+        keep = []
+        for line in self.log_path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("stage") != self.stage or rec.get("step", 0) <= self.step:
+                keep.append(line)
+        self.log_path.write_text("".join(x + "\n" for x in keep))
+
+    def log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as fh:
+                fh.write(json.dumps({"stage": self.stage, **record}) + "\n")
+
+    # ------------------------------------------------------------------ loop
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        outputs = self.wrapped(**batch, **self._output_flags())
+        terms: dict[str, torch.Tensor] = {}
+        if self.teacher is not None and self.distill is not None:
+            from prunekit.train.distill import distill_terms
+
+            with torch.no_grad():
+                t_out = self.teacher(**batch, **self._output_flags())
+            terms.update(distill_terms(outputs, t_out, outputs.loss, self.distill))
+        else:
+            terms["task"] = outputs.loss
+        terms.update(self.method.loss_terms(self.accelerator.unwrap_model(self.wrapped), batch, outputs))
+        total = sum(terms.values())
+        return total, {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def _output_flags(self) -> dict:
+        if self.distill is None or self.teacher is None:
+            return {}
+        from prunekit.train.distill import needs_attentions, needs_hidden
+
+        flags = {}
+        if needs_hidden(self.distill):
+            flags["output_hidden_states"] = True
+        if needs_attentions(self.distill):
+            flags["output_attentions"] = True
+        return flags
+
+    def _to_device(self, idx: list[int]) -> dict:
+        batch = self.collate([self.features[i] for i in idx])
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def evaluate(self) -> dict | None:
+        """Validation metrics on the main process (None elsewhere)."""
+        record = None
+        if self.accelerator.is_main_process and len(self.data.get("validation", [])):
+            model = self.accelerator.unwrap_model(self.wrapped)
+            metrics = self.task.evaluate(
+                model,
+                self.data["validation"],
+                self.tokenizer,
+                batch_size=self.cfg.eval_batch_size,
+                max_length=self.cfg.max_length,
+                device=self.accelerator.device,
+                max_examples=self.cfg.eval_max_examples,
+            )
+            model.train()
+            record = {"type": "eval", "split": "validation", "step": self.step, **metrics}
+            record.update(self._sparsity())
+            self.history.append(record)
+            self.log(record)
+            self._maybe_keep_best(record)
+        self.accelerator.wait_for_everyone()
+        return record
+
+    def _sparsity(self) -> dict[str, float]:
+        from prunekit.masks import sparsity_report
+
+        model = self.accelerator.unwrap_model(self.wrapped)
+        return {"sparsity": round(sparsity_report(model, self.method.masks(), self.method.topo)["sparsity"], 5)}
+
+    def _selectable(self) -> bool:
+        end = getattr(self.method.config, "end", None)
+        return end is None or self.step >= end * self.total_steps
+
+    def _maybe_keep_best(self, record: dict) -> None:
+        if not (self.cfg.select_best and self._selectable()):
+            return
+        key = self.task.main_metric
+        if key not in record:
+            return
+        better = self.best is None or (
+            record[key] > self.best[key] if self.task.greater_is_better else record[key] < self.best[key]
+        )
+        if better:
+            from safetensors.torch import save_file
+
+            self.best = record
+            self.best_dir.mkdir(parents=True, exist_ok=True)
+            model = self.accelerator.unwrap_model(self.wrapped)
+            tmp = self.best_dir / ".model.safetensors.tmp"
+            save_file(ckpt.state_tensors(model.state_dict()), str(tmp))
+            torch.save(self.method.state_dict(), self.best_dir / ".method.pt.tmp")
+            tmp.replace(self.best_dir / "model.safetensors")
+            (self.best_dir / ".method.pt.tmp").replace(self.best_dir / "method.pt")
+            (self.best_dir / "record.json").write_text(json.dumps(record))
+
+    def _restore_best(self) -> None:
+        from safetensors.torch import load_file
+
+        path = self.best_dir / "model.safetensors"
+        if self.best is None or not path.exists():
+            return
+        self._load_model_state(load_file(str(path)))
+        self.method.load_state_dict(torch.load(self.best_dir / "method.pt", weights_only=True))
+
+    def fit(self, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+        """Train to the end (or `stop_after` optimizer steps, to simulate a kill in tests)."""
+        if resume:
+            self.resume()
+        self.wrapped.train()
+        means = _Mean()
+        progress, task_id = self._progress()
+        start = time.perf_counter() - self.train_s
+        n, world, rank = len(self.features), self.accelerator.num_processes, self.accelerator.process_index
+        done = self.step >= self.total_steps
+        with progress:
+            while not done:
+                epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+                batches = process_batches(n, self.cfg, epoch, rank, world)
+                groups = [batches[i : i + self.cfg.grad_accum] for i in range(0, len(batches), self.cfg.grad_accum)]
+                for group in groups[in_epoch:]:
+                    for j, idx in enumerate(group):
+                        last = j == len(group) - 1
+                        sync = nullcontext() if last else self.accelerator.no_sync(self.wrapped)
+                        with sync:
+                            loss, values = self._loss(self._to_device(idx))
+                            self.accelerator.backward(loss / len(group))
+                        means.add(values)
+                        self._last_loss = values["loss"]
+                    if self.cfg.max_grad_norm:
+                        self.accelerator.clip_grad_norm_(self.wrapped.parameters(), self.cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step += 1
+                    logged = self.method.on_step(self.step, self.total_steps)
+                    self.method.enforce_masks(self.accelerator.unwrap_model(self.wrapped))
+                    self.train_s = time.perf_counter() - start
+                    epoch_f = self.step / self.steps_per_epoch
+                    if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                        self.log(
+                            {"type": "train", "step": self.step, "epoch": round(epoch_f, 4)}
+                            | means.pop()
+                            | {"lr": self.scheduler.get_last_lr()[0]}
+                            | logged
+                        )
+                    end_of_epoch = self.step % self.steps_per_epoch == 0
+                    done = self.step >= self.total_steps
+                    if end_of_epoch:
+                        logged |= self.method.on_epoch_end(self.step // self.steps_per_epoch - 1) or {}
+                    if (self.cfg.eval_every and self.step % self.cfg.eval_every == 0) or end_of_epoch or done:
+                        self.evaluate()
+                    if (self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0) or end_of_epoch:
+                        self.save_checkpoint()
+                    progress.update(task_id, completed=self.step, description=self._describe(logged))
+                    if done or (stop_after is not None and self.step >= stop_after):
+                        break
+                if stop_after is not None and self.step >= stop_after:
+                    return TrainResult(self.accelerator.unwrap_model(self.wrapped), self.history, self.best, self.step)
+        self.train_s = time.perf_counter() - start
+        self._restore_best()
+        model = self.accelerator.unwrap_model(self.wrapped)
+        return TrainResult(model, self.history, self.best, self.step, round(self.train_s, 2))
+
+    def _progress(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn(f"[bold]{self.stage}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
+            disable=not self.progress,
+            transient=False,
+        )
+        return progress, progress.add_task("", total=self.total_steps, completed=self.step)
+
+    def _describe(self, logged: dict) -> str:
+        parts = [f"loss {self._last_loss:.4f}"] if self._last_loss is not None else []
+        last_train = next((r for r in reversed(self.history) if r.get("type") == "eval"), None)
+        if last_train and self.task.main_metric in last_train:
+            parts.append(f"{self.task.main_metric} {last_train[self.task.main_metric]:.4g}")
+        if "sparsity" in logged:
+            parts.append(f"sparsity {logged['sparsity']:.1%}")
+        return "  ".join(parts)
+
+
+def train(
+    model: nn.Module,
+    tokenizer,
+    task,
+    data,
+    *,
+    method: Method | None = None,
+    config: TrainConfig | None = None,
+    work_dir: str | Path,
+    teacher: nn.Module | None = None,
+    distill=None,
+    resume: bool = False,
+    progress: bool = True,
+    stage: str = "train",
+    on_trainer: Callable[[Trainer], Any] | None = None,
+) -> TrainResult:
+    """Fine-tune while `method` prunes; returns the best (or last) weights with the method still attached."""
+    trainer = Trainer(
+        model,
+        tokenizer,
+        task,
+        data,
+        method=method,
+        config=config,
+        work_dir=work_dir,
+        teacher=teacher,
+        distill=distill,
+        progress=progress,
+        stage=stage,
+    )
+    if on_trainer is not None:
+        on_trainer(trainer)
+    return trainer.fit(resume=resume)
