@@ -1,0 +1,203 @@
+"""Side-by-side comparison of run directories: one row per run, a Markdown table and an accuracy-vs-speedup
+plot, so methods are compared on measured numbers from their own manifests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prunekit.errors import UsageError
+from prunekit.report.markdown import table
+from prunekit.report.run import (
+    dig,
+    flops_ratio,
+    fmt,
+    fmt_ratio,
+    fmt_seconds,
+    is_number,
+    kept_fraction,
+    latency_point,
+    load_run,
+    main_result,
+    train_seconds,
+)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+COMPARISON = "comparison.md"
+TRADEOFF_PLOT = "accuracy_vs_speedup.png"
+
+
+def _speedup_at(bench: Any, batch: int) -> tuple[float | None, int | None]:
+    point = latency_point(bench, batch)
+    value = dig(point, "speedup")
+    return (value if is_number(value) else None), dig(point, "seq_len")
+
+
+def run_row(run_dir: str | Path) -> dict[str, Any]:
+    """The comparison row of one run directory (UsageError when it is not one)."""
+    run = load_run(run_dir, with_log=False)
+    d = run.data
+    bench = d.get("bench")
+    res = main_result(d)
+    s1, _ = _speedup_at(bench, 1)
+    s32, seq32 = _speedup_at(bench, 32)
+    flops, flops_seq = flops_ratio(bench, seq32)  # the FLOPs ratio at the sequence length the speedup used
+    return {
+        "name": run.name,
+        "run_dir": str(run_dir),
+        "method": d.get("method"),
+        "source_model": d.get("source_model"),
+        "metric": res["metric"],
+        "split": res["split"],
+        "value": res["value"],
+        "dense_value": res["dense"],
+        "delta": res["value"] - res["dense"] if res["value"] is not None and res["dense"] is not None else None,
+        "kept_fraction": kept_fraction(d),
+        "flops_ratio": flops,
+        "flops_seq_len": flops_seq,
+        "speedup_b1": s1,
+        "speedup_b32": s32,
+        "device": dig(bench, "device"),
+        "train_s": train_seconds(d.get("timings")),
+    }
+
+
+def _unique_names(rows: list[dict[str, Any]]) -> None:
+    """Folder names clash for runs/a/out and runs/b/out: add parent folders until names differ."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["name"]] = counts.get(r["name"], 0) + 1
+    for r in rows:
+        if counts[r["name"]] > 1:
+            parts = Path(r["run_dir"]).resolve().parts
+            r["name"] = "/".join(parts[-2:])
+
+
+def _plot_x(row: dict[str, Any]) -> tuple[float | None, bool]:
+    """(x, estimated): measured speedup at batch 32, else 1/FLOPs ratio (an estimate, flagged)."""
+    if row["speedup_b32"] is not None:
+        return row["speedup_b32"], False
+    if row["flops_ratio"]:
+        return 1.0 / row["flops_ratio"], True
+    return None, False
+
+
+def _dense_points(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """One dense point per distinct (source model, metric, value) the runs record."""
+    seen: dict[tuple, tuple[str, float]] = {}
+    for r in rows:
+        if r["dense_value"] is not None:
+            key = (r["source_model"], r["metric"], r["dense_value"])
+            seen.setdefault(key, ("dense", r["dense_value"]))
+    points = list(seen.items())
+    if len(points) > 1:  # several references: say which is which
+        return [(f"dense {k[0] or ''} {k[1]}".replace("  ", " ").strip(), v[1]) for k, v in points]
+    return [v for _, v in points]
+
+
+def _plot_points(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the trade-off plot shows: run points, dense points, the y label, and notes on what is missing
+    or estimated (returned by `compare` even without an output folder)."""
+    notes, points = [], []
+    metrics = {r["metric"] for r in rows if r["value"] is not None}
+    for r in rows:
+        x, estimated = _plot_x(r)
+        if x is None or r["value"] is None:
+            notes.append(f"{r['name']} is not plotted: it records no {'speedup or FLOPs' if x is None else 'metric'}.")
+            continue
+        label = r["name"] if len(metrics) == 1 else f"{r['name']} ({r['metric']})"
+        points.append({"x": x, "y": r["value"], "label": label, "estimated": estimated})
+        if estimated:
+            notes.append(f"{r['name']}: no latency at batch 32, so its x is 1 / FLOPs ratio (an estimate).")
+    if len(metrics) > 1:
+        notes.append(f"The runs' main metrics differ ({', '.join(sorted(metrics))}): the plot mixes them.")
+    return {
+        "points": points,
+        "dense": _dense_points([r for r in rows if r["metric"] in metrics]),
+        "ylabel": next(iter(metrics)) if len(metrics) == 1 else "main metric",
+        "notes": notes,
+    }
+
+
+COLUMNS = ["run", "method", "metric", "value", "Δ dense", "kept", "FLOPs", "speedup b1", "speedup b32", "train"]
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    """A row as display strings, shared by the Markdown and the terminal table."""
+    return [
+        r["name"],
+        r["method"] or "-",
+        f"{r['metric']} ({r['split']})" if r["split"] else (r["metric"] or "-"),
+        fmt(r["value"]),
+        f"{r['delta']:+.4f}" if r["delta"] is not None else "-",
+        fmt_ratio(r["kept_fraction"]),
+        fmt_ratio(r["flops_ratio"]),
+        fmt_ratio(r["speedup_b1"], "x"),
+        fmt_ratio(r["speedup_b32"], "x"),
+        fmt_seconds(r["train_s"]),
+    ]
+
+
+def _markdown(rows: list[dict[str, Any]], notes: list[str], plot: str | None) -> str:
+    body = [_cells(r) for r in rows]
+    lines = ["# prunekit comparison", "", *table(COLUMNS, body, right=set(range(3, 10)))]
+    lines += [
+        "",
+        "value: main metric on test, else validation. kept: kept fraction of the prunable block parameters as "
+        "saved. FLOPs: pruned / dense FLOPs per token. speedup: dense / pruned median latency (measured).",
+    ]
+    devices = sorted({r["device"] for r in rows if r["device"]})
+    if len(devices) > 1:
+        lines += ["", f"Speedups were measured on different devices ({', '.join(devices)}): compare with care."]
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    if plot:
+        lines += ["", f"![Main metric vs speedup]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def compare(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Rows for `run_dirs` (all read before anything is written, so a bad path fails cleanly); with
+    `out_dir`, also writes comparison.md and accuracy_vs_speedup.png there.
+
+    Returns {"rows", "notes", "markdown" (path or None), "plot" (path or None)}.
+    """
+    if not run_dirs:
+        raise UsageError("nothing to compare: give one or more run directories")
+    rows = [run_row(d) for d in run_dirs]
+    _unique_names(rows)
+    spec = _plot_points(rows)
+    result: dict[str, Any] = {"rows": rows, "notes": spec["notes"], "markdown": None, "plot": None}
+    if out_dir is None:
+        return result
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"'{out}' is a file: give a folder for the comparison")
+    out.mkdir(parents=True, exist_ok=True)
+    plot = out / TRADEOFF_PLOT
+    if spec["points"]:
+        from prunekit.report.plots import plot_tradeoff
+
+        plot_tradeoff(spec["points"], spec["dense"], spec["ylabel"], plot)
+    else:
+        plot.unlink(missing_ok=True)  # no stale plot from an earlier comparison
+        plot = None
+    md = out / COMPARISON
+    md.write_text(_markdown(rows, spec["notes"], plot.name if plot else None), encoding="utf-8")
+    result.update(markdown=md, plot=plot)
+    return result
+
+
+def format_table(rows: list[dict[str, Any]]) -> Table:
+    """A rich Table of `compare` rows for the terminal."""
+    from rich.table import Table
+
+    tbl = Table(title="prunekit compare")
+    for i, col in enumerate(COLUMNS):
+        tbl.add_column(col, justify="right" if i >= 3 else "left")
+    for r in rows:
+        tbl.add_row(*_cells(r))
+    return tbl

@@ -1,0 +1,302 @@
+"""Reports and comparisons from synthetic run directories: values reach the Markdown, figures are real PNGs,
+the right bench grid point is picked, and gaps (no log, no bench, bad paths) are handled."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from prunekit.errors import UsageError
+from prunekit.io import MANIFEST, LayerEntry, Manifest
+from prunekit.report import compare, format_table, read_metrics_log, run_row, write_report
+from prunekit.report.run import main_metric
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def _latency(batch: int, seq_len: int, dense_ms: float, pruned_ms: float) -> dict:
+    def lat(ms: float) -> dict:
+        return {"median_ms": ms, "p10_ms": ms, "p90_ms": ms, "iqr_ms": 0.1, "throughput_seq_per_s": batch / ms * 1e3}
+
+    return {
+        "batch": batch,
+        "seq_len": seq_len,
+        "dense": lat(dense_ms),
+        "pruned": lat(pruned_ms),
+        "speedup": dense_ms / pruned_ms,
+        "throughput_ratio": dense_ms / pruned_ms,
+    }
+
+
+def _flops(seq_len: int, dense: float, pruned: float) -> dict:
+    return {
+        "seq_len": seq_len,
+        "dense": {"total": dense},
+        "pruned": {"total": pruned},
+        "ratio": {"total": pruned / dense},
+    }
+
+
+BENCH = {
+    "device": "cpu",
+    "threads": 4,
+    "torch_version": "2.5.0",
+    "warmup": 3,
+    "repeats": 10,
+    "params": {
+        "dense": {"total": 1000, "blocks": 800, "embeddings": 150, "head": 50},
+        "pruned": {"total": 600, "blocks": 400, "embeddings": 150, "head": 50},
+        "ratio": {"total": 0.6, "blocks": 0.5, "embeddings": 1.0, "head": 1.0},
+    },
+    "flops_per_token": [_flops(64, 1000.0, 400.0), _flops(128, 1000.0, 500.0)],
+    "latency": [
+        _latency(1, 128, 10.0, 8.0),  # 1.25x
+        _latency(32, 64, 100.0, 50.0),  # 2.0x, shorter sequence: not the one picked
+        _latency(32, 128, 200.0, 125.0),  # 1.6x
+    ],
+    "memory": {
+        "batch": 32,
+        "seq_len": 128,
+        "dense": {"peak_mb": 500.0, "forward_mb": 100.0},
+        "pruned": {"peak_mb": 400.0, "forward_mb": 60.0},
+        "ratio": {"peak_mb": 0.8, "forward_mb": 0.6},
+    },
+}
+
+STRUCTURE = [
+    LayerEntry(layer=0, attention="kept", heads=3, kv_heads=3, ffn="kept", ffn_width=24),
+    LayerEntry(layer=1, attention="dropped", heads=0, kv_heads=0, ffn="kept", ffn_width=12, ffn_rows=30),
+    LayerEntry(layer=2, attention="kept", heads=4, kv_heads=4, ffn="dropped", ffn_width=0),
+]
+
+
+def make_run(path: Path, *, metrics_log: str | None = "", **fields) -> Path:
+    """A run directory with a handmade manifest (no weights: reports never load the model)."""
+    base = dict(
+        prunekit_version="0.1.0",
+        model_class="BertForSequenceClassification",
+        task_head="sequence-classification",
+        source_model="tiny-bert",
+        method="movement",
+        recipe={"target_sparsity": 0.5, "schedule": {"warmup_steps": 10}},
+        task={"kind": "classification", "dataset": "sst2", "main_metric": "accuracy"},
+        split={"train": 800, "validation": 100, "test": 100, "seed": 0},
+        structure=STRUCTURE,
+        plain_loadable=False,
+        sparsity={
+            "mask": {"params": 20000, "kept": 9000, "sparsity": 0.55},
+            "saved": {"params": 20000, "kept": 8000, "sparsity": 0.6},
+        },
+        metrics={
+            "dense": {"accuracy": 0.9125, "eval_loss": 0.25},
+            "validation": {"accuracy": 0.8875, "eval_loss": 0.31},
+            "test": {"accuracy": 0.8512, "eval_loss": 0.35},
+        },
+        timings={"train_s": 3725.0, "total_s": 3800.5},
+        bench=BENCH,
+    )
+    base.update(fields)
+    path.mkdir(parents=True)
+    (path / MANIFEST).write_text(Manifest(**base).model_dump_json(indent=2))
+    if metrics_log is not None:
+        (path / "metrics.jsonl").write_text(metrics_log)
+    return path
+
+
+LOG = "\n".join(
+    [
+        json.dumps({"type": "train", "step": 1, "epoch": 0.1, "loss": 2.0, "ce_loss": 1.5, "lr": 1e-4, "lambda": 0.1}),
+        json.dumps(
+            {"type": "train", "step": 2, "epoch": 0.2, "loss": 1.5, "ce_loss": 1.2, "lr": 2e-4, "sparsity": 0.2}
+        ),
+        json.dumps({"type": "eval", "step": 2, "epoch": 0.2, "split": "validation", "accuracy": 0.8, "eval_loss": 0.5}),
+        json.dumps({"type": "train", "step": 3, "loss": 1.0, "sparsity": 0.4, "density": 0.6, "new_thing": "x"}),
+        json.dumps({"step": 4, "split": "validation", "accuracy": 0.85, "sparsity": 0.5}),  # no "type"
+        "",
+        '{"type": "train", "step": 5, "lo',  # cut off mid-write
+    ]
+)
+
+
+def test_report_holds_values_and_valid_plots(tmp_path):
+    run = make_run(
+        tmp_path / "run",
+        metrics_log=LOG,
+        dense_structure={"heads": 4, "kv_heads": 4, "ffn_width": [48, 48, 48]},
+    )
+    path = write_report(run)
+    assert path == run / "report.md"
+    text = path.read_text()
+    for value in ("0.9125", "0.8875", "0.8512", "-0.0613", "-0.0250", "tiny-bert", "movement", "sst2"):
+        assert value in text, value
+    assert "target_sparsity: 0.5" in text and "warmup_steps: 10" in text  # recipe as yaml
+    assert "| mask (what the method removed) | 20,000 | 9,000 | 0.450 | 0.550 |" in text
+    assert "| 0 | kept | 3 / 4 | 3 / 4 |" in text and "| 24 / 48 |" in text and "7 / 12" in text
+    assert "1.250x" in text and "1.600x" in text and "2.000x" in text  # every latency grid point
+    assert "FLOPs/token (seq 128)" in text and "0.500" in text
+    assert "1h 02m 05s" in text  # train_s
+    assert "1 unreadable line(s) skipped" in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert set(links) == {
+        f"plots/{n}.png" for n in ("structure", "train_loss", "eval_metrics", "sparsity", "train_values")
+    }
+    for link in links:
+        assert not Path(link).is_absolute() and _is_png(run / link), link
+
+
+@pytest.mark.parametrize("log", [None, "", "\n\n"], ids=["missing", "empty", "blank"])
+def test_report_without_metrics_log(tmp_path, log):
+    run = make_run(tmp_path / "run", metrics_log=log, bench=None, metrics={}, timings={})
+    text = write_report(run).read_text()
+    assert ("No metrics.jsonl" if log is None else "metrics.jsonl is empty") in text
+    assert "No metrics recorded." in text and "## Benchmark" not in text
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["structure.png"]
+    assert _is_png(run / "plots" / "structure.png")
+
+
+def test_report_rerun_drops_stale_plots(tmp_path):
+    run = make_run(tmp_path / "run", metrics_log=LOG)
+    write_report(run)
+    (run / "metrics.jsonl").unlink()
+    write_report(run)
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["structure.png"]
+
+
+def test_report_of_saved_tiny_model(tmp_path):
+    import prunekit
+    from tiny import tiny_model
+
+    run = prunekit.save(
+        tiny_model("bert"),
+        tmp_path / "run",
+        method="magnitude",
+        metrics={"validation": {"accuracy": 0.5}},
+        timings={"compact_s": 0.1},
+    )
+    text = write_report(run).read_text()
+    assert "magnitude" in text and "0.5000" in text and "| 2 | kept | 4 |" in text
+    assert _is_png(run / "plots" / "structure.png")
+
+
+def test_metrics_log_is_tolerant(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(LOG + "\n[1, 2]\nnot json\n")
+    log = read_metrics_log(tmp_path)
+    assert [r["step"] for r in log.train] == [1, 2, 3]
+    assert [r["step"] for r in log.evals] == [2, 4]
+    assert log.skipped == 3 and log.status == "ok"
+    assert read_metrics_log(tmp_path / "nowhere").status == "missing"
+
+
+def test_compare_rows_pick_the_right_numbers(tmp_path):
+    a = make_run(tmp_path / "a")
+    b = make_run(
+        tmp_path / "b",
+        method="magnitude",
+        metrics={"dense": {"accuracy": 0.9125}, "validation": {"accuracy": 0.7}},
+        sparsity={"saved": {"params": 400, "kept": 100}},
+        bench={"flops_per_token": [_flops(128, 1000.0, 250.0)], "latency": [_latency(1, 128, 4.0, 2.0)]},
+        timings={"compact_s": 1.0},
+    )
+    c = make_run(tmp_path / "c", method="none", metrics={}, sparsity={}, bench=None, timings={})
+    out = tmp_path / "cmp"
+    result = compare([str(a), str(b), str(c)], str(out))
+    ra, rb, rc = result["rows"]
+    assert ra["name"] == "a" and ra["method"] == "movement" and ra["metric"] == "accuracy"
+    assert ra["split"] == "test" and ra["value"] == 0.8512 and ra["delta"] == pytest.approx(0.8512 - 0.9125)
+    assert ra["kept_fraction"] == pytest.approx(0.4)  # saved, not mask
+    assert ra["speedup_b1"] == pytest.approx(1.25)
+    assert ra["speedup_b32"] == pytest.approx(1.6)  # the seq 128 point, not seq 64
+    assert ra["flops_ratio"] == pytest.approx(0.5) and ra["flops_seq_len"] == 128
+    assert ra["train_s"] == 3725.0
+    assert rb["split"] == "validation" and rb["value"] == 0.7 and rb["kept_fraction"] == 0.25
+    assert rb["speedup_b1"] == 2.0 and rb["speedup_b32"] is None and rb["flops_ratio"] == 0.25
+    assert rb["train_s"] is None
+    assert rc["value"] is None and rc["kept_fraction"] is None and rc["speedup_b32"] is None
+    assert any("b: no latency at batch 32" in n for n in result["notes"])
+    assert any(n.startswith("c is not plotted") for n in result["notes"])
+    assert _is_png(out / "accuracy_vs_speedup.png") and result["plot"] == out / "accuracy_vs_speedup.png"
+    md = (out / "comparison.md").read_text()
+    assert "| a | movement | accuracy (test) | 0.8512 | -0.0613 | 0.400 | 0.500 | 1.250x | 1.600x |" in md
+    assert "1 / FLOPs ratio" in md and "](accuracy_vs_speedup.png)" in md
+
+
+def test_compare_without_out_dir_writes_nothing(tmp_path):
+    a = make_run(tmp_path / "runs" / "x" / "out")
+    b = make_run(tmp_path / "runs" / "y" / "out")
+    result = compare([a, b], None)
+    assert [r["name"] for r in result["rows"]] == ["x/out", "y/out"]  # clashing folder names told apart
+    assert result["markdown"] is None and sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["x", "y"]
+
+
+def test_compare_bad_paths_are_usage_errors(tmp_path):
+    good = make_run(tmp_path / "good")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="does not exist"):
+        compare([str(good), str(tmp_path / "missing")], str(tmp_path / "out"))
+    with pytest.raises(UsageError, match="prunekit.json"):
+        compare([str(tmp_path / "empty")])
+    with pytest.raises(UsageError):
+        compare([])
+    with pytest.raises(UsageError, match="does not exist"):
+        write_report(tmp_path / "missing")
+    assert not (tmp_path / "out").exists()  # nothing written when an input is bad
+
+
+def test_format_table_renders_rows(tmp_path):
+    rows = [run_row(make_run(tmp_path / "a"))]
+    table = format_table(rows)
+    assert table.row_count == 1 and len(table.columns) == 10
+    console = Console(record=True, width=200)
+    console.print(table)
+    out = console.export_text()
+    assert "0.8512" in out and "1.600x" in out and "movement" in out
+
+
+def test_main_metric_falls_back_without_task(tmp_path):
+    assert main_metric({"metrics": {"validation": {"eval_loss": 0.3, "f1": 0.7}}}) == "f1"
+    assert main_metric({"metrics": {"test": {"eval_loss": 0.3, "bleu": 20.0, "accuracy": 0.5}}}) == "accuracy"
+    assert main_metric({"metrics": {}}) is None
+
+
+def test_pipeline_shaped_run(tmp_path):
+    """As the pipeline writes it: dense metrics keyed by split, stage timings, two stages in one log."""
+    log = [{"stage": "finetune", "type": "train", "step": s, "loss": 1.0 / s, "lr": 1e-4} for s in (1, 2, 3)] + [
+        {"stage": "finetune", "type": "eval", "split": "validation", "step": 3, "accuracy": 0.9},
+        {"stage": "prune", "type": "train", "step": 1, "loss": 0.9, "sparsity": 0.1},
+        {"stage": "prune", "type": "train", "step": 2, "loss": 0.8, "sparsity": 0.3},
+        {"stage": "prune", "type": "eval", "split": "validation", "step": 2, "accuracy": 0.86, "sparsity": 0.3},
+    ]
+    run = make_run(
+        tmp_path / "run",
+        metrics_log="".join(json.dumps(r) + "\n" for r in log),
+        metrics={
+            "dense": {"validation": {"accuracy": 0.91}, "test": {"accuracy": 0.9}},
+            "validation": {"accuracy": 0.86},
+            "test": {"accuracy": 0.84},
+        },
+        timings={"finetune_s": 100.0, "prune_s": 200.0, "total_s": 400.0},
+    )
+    parsed = read_metrics_log(run)
+    assert parsed.stages == ["finetune", "prune"] and parsed.boundaries == [3]
+    assert [r["_x"] for r in parsed.train] == [1, 2, 3, 4, 5]  # prune steps follow the fine-tune ones
+    text = write_report(run).read_text()
+    assert "| accuracy | 0.9100 | 0.8600 | -0.0500 | 0.9000 | 0.8400 | -0.0600 |" in text
+    assert "Stages finetune, prune" in text and _is_png(run / "plots" / "sparsity.png")
+    row = run_row(run)
+    assert row["train_s"] == 300.0 and row["dense_value"] == 0.9 and row["delta"] == pytest.approx(-0.06)
+
+
+def test_manifest_history_stands_in_for_a_missing_log(tmp_path):
+    history = [{"type": "eval", "split": "validation", "step": s, "accuracy": a} for s, a in ((1, 0.7), (2, 0.8))]
+    run = make_run(tmp_path / "run", metrics_log=None, history=history)
+    text = write_report(run).read_text()
+    assert "manifest's history" in text and "](plots/eval_metrics.png)" in text
+    assert _is_png(run / "plots" / "eval_metrics.png")
