@@ -39,7 +39,7 @@ def test_trainer_learns(setup, tmp_path):
     model_dir, data, task = setup
     model, tok = load_model(str(model_dir), num_labels=2)
     before = task.evaluate(model, data["validation"], tok, max_length=16)["accuracy"]
-    res = train(model, tok, task, data, config=_cfg(), work_dir=tmp_path / "w", progress=False)
+    res = train(model, tok, task, data, config=_cfg(epochs=6), work_dir=tmp_path / "w", progress=False)
     losses = [r["loss"] for r in _records(tmp_path / "w", "train")]
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
     after = task.evaluate(res.model, data["validation"], tok, max_length=16)["accuracy"]
@@ -101,18 +101,20 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     recipe.write_text(
         f"model: {model_dir}\n"
         f"data: {{dataset: {csv_path}, task: classification, columns: {{text: review, label: verdict}}}}\n"
-        "train: {epochs: 2, batch_size: 8, lr: 3.0e-3, max_length: 16, checkpoint_every: 0}\n"
+        "train: {epochs: 6, batch_size: 8, lr: 1.0e-2, max_length: 16, checkpoint_every: 0}\n"
         "method: {name: dense}\nbench: {enabled: false}\n"
     )
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "prunekit.cli", "prune", str(recipe),
-           "--out", str(out), "--no-progress", "--json"]  # fmt: skip
+    # on a CPU-only machine accelerate's torchrun launcher (--multi_gpu) starts gloo processes (MULTI_CPU);
+    # its --cpu flag with several processes would need mpirun
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "prunekit.cli", "prune", str(recipe), "--out", str(out), "--no-progress", "--json"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "prunekit.json").read_text())
-    assert manifest["metrics"]["test"]["accuracy"] > 0.5
+    assert manifest["metrics"]["test"]["accuracy"] >= 0.75  # learned, with gradients averaged across processes
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    # 160 examples -> 128 train; 8 per batch -> 16 batches -> 8 per process and epoch -> 16 optimizer steps
-    assert max(steps) == 16
+    # 160 examples -> 128 train; 8 per batch -> 16 batches -> 8 per process and epoch -> 48 steps in 6 epochs
+    assert max(steps) == 48

@@ -145,12 +145,14 @@ def evaluate_run(
     info = manifest.task or {}
     if "kind" not in info:
         raise UsageError(f"'{run_dir}' records no task (it was not trained by prunekit): evaluate needs one")
-    task = get_task(info["kind"])
+    task = get_task(info["kind"], **(info.get("options") or {}))
     model, tok = load(run_dir, with_tokenizer=True)
     recipe = manifest.recipe or {}
     max_length = max_length or (recipe.get("train") or {}).get("max_length", 128)
     if data is not None:
-        dataset = evaluation_data(data, task=task.kind, columns=columns or info.get("columns"))
+        dataset = evaluation_data(
+            data, task=task.kind, columns=columns or info.get("columns"), label_names=info.get("label_names")
+        )
         where = data
     else:
         if split not in ("validation", "test"):

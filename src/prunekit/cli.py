@@ -366,10 +366,12 @@ def compare(
     result = rp.compare(run_dirs, out)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
-    else:
-        console.print(rp.format_table(result["rows"] if isinstance(result, dict) and "rows" in result else result))
-        if out:
-            typer.echo(f"wrote {out}/comparison.md and {out}/accuracy_vs_speedup.png")
+        return
+    console.print(rp.format_table(result["rows"]))
+    for note in result.get("notes", []):
+        err.print(note, highlight=False)
+    if out:
+        typer.echo(f"wrote {result['markdown']} and {result['plot']}")
 
 
 def main() -> None:

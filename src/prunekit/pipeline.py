@@ -75,10 +75,11 @@ def _evaluate(task, model: nn.Module, data, tokenizer, cfg) -> dict[str, dict]:
     return out
 
 
-def _is_main() -> bool:
+def _is_main(device: str | None) -> bool:
+    """Main process under `accelerate launch` (same device choice as the trainer, which shares this state)."""
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available()).is_main_process
 
 
 def run_recipe(
@@ -99,7 +100,7 @@ def run_recipe(
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    main = _is_main()
+    main = _is_main(recipe.train.device)
     method = recipe.create_method()
     d = recipe.data
     data, kind = load_data(
@@ -132,12 +133,17 @@ def run_recipe(
             timings["finetune_s"] = res.train_s
             if main:
                 dense_dir.mkdir(exist_ok=True)
-                write_model(model, dense_dir, tok, source_model=recipe.model, method="dense", task=_task_info(task, d))
+                write_model(
+                    model, dense_dir, tok, source_model=recipe.model, method="dense", task=_task_info(task, d, data)
+                )
     dense_reference = copy.deepcopy(model).eval() if main else None
     if main:
         metrics["dense"] = _evaluate(task, dense_reference, data, tok, recipe.train)
         log(f"dense: {_fmt(metrics['dense'], task.main_metric)}")
 
+    from prunekit.structure import structure
+
+    dense_structure = structure(model)
     teacher, distill = _teacher(recipe, model, task)
     res = train(model, tok, task, data, method=method, config=recipe.train, work_dir=work, teacher=teacher,
                 distill=distill, resume=resume, progress=progress, stage="prune")  # fmt: skip
@@ -184,7 +190,7 @@ def run_recipe(
         source_model=manifest.source_model if manifest else recipe.model,
         method=method.name,
         recipe=recipe.model_dump(mode="json"),
-        task=_task_info(task, d),
+        task=_task_info(task, d, data),
         split=split,
         metrics=metrics,
         timings=timings,
@@ -192,6 +198,7 @@ def run_recipe(
         sparsity=summary["sparsity"],
         bench=summary.get("bench"),
         history=res.history,
+        dense_structure=dense_structure,
     )
     _write_report(work)
     if out.exists():
@@ -200,8 +207,17 @@ def run_recipe(
     return summary | {"out_dir": str(out), "timings": timings}
 
 
-def _task_info(task, d) -> dict[str, Any]:
-    return {"kind": task.kind, "dataset": d.dataset, "main_metric": task.main_metric, "columns": d.columns}
+def _task_info(task, d, data) -> dict[str, Any]:
+    label = data["train"].features.get("label")
+    names = list(getattr(label, "names", []) or []) or None
+    return {
+        "kind": task.kind,
+        "dataset": d.dataset,
+        "main_metric": task.main_metric,
+        "columns": d.columns,
+        "label_names": names,
+        "options": task.options,
+    }
 
 
 def _teacher(recipe: Recipe, model: nn.Module, task):

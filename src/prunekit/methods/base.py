@@ -101,7 +101,7 @@ def _load_builtin() -> None:
     """Import the method modules so their @register lines run (lazy: keeps `import prunekit` light)."""
     import importlib
 
-    for module in ("gradual", "neuroprune", "nxm", "mlpruning", "nas"):
+    for module in ("gradual", "movement", "l1", "neuroprune", "nxm", "mlpruning", "nas"):
         try:
             importlib.import_module(f"prunekit.methods.{module}")
         except ModuleNotFoundError as exc:

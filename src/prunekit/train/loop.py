@@ -71,7 +71,7 @@ def _mixed_precision(cfg: TrainConfig, device: str) -> str:
 
 
 def _param_groups(model: nn.Module, method: Method, weight_decay: float) -> list[dict]:
-    extra = method.parameter_groups()
+    extra = [{"weight_decay": 0.0} | g for g in method.parameter_groups()]  # scores never decay unless asked
     taken = {id(p) for g in extra for p in g["params"]}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -231,11 +231,13 @@ class Trainer:
         outputs = self.wrapped(**batch, **self._output_flags())
         terms: dict[str, torch.Tensor] = {}
         if self.teacher is not None and self.distill is not None:
-            from prunekit.train.distill import distill_terms
+            from prunekit.train.distill import distill_terms, kd_token_mask
 
             with torch.no_grad():
                 t_out = self.teacher(**batch, **self._output_flags())
-            terms.update(distill_terms(outputs, t_out, outputs.loss, self.distill))
+            causal = self.task.kind in ("causal-lm", "summarization")
+            mask = kd_token_mask(batch.get("labels"), batch.get("attention_mask")) if causal else None
+            terms.update(distill_terms(outputs, t_out, outputs.loss, self.distill, labels_mask=mask))
         else:
             terms["task"] = outputs.loss
         terms.update(self.method.loss_terms(self.accelerator.unwrap_model(self.wrapped), batch, outputs))

@@ -1,0 +1,112 @@
+"""Plain L1 regularisation: the baseline NeuroPrune is compared against (METHODS.md 1f).
+
+Loss term `l1` = alpha * sum |W| over the weights (not biases) of every prunable linear of the blocks,
+the same sum and the same default alpha (1e-4) as NeuroPrune's R_mlp, but with uniform weighting and no
+head step, so the two are compared at equal alpha. No masks during training. At the end either an exact
+global magnitude cut to `target_sparsity`, or (the paper's protocol) |w| <= eps set to zero and the
+structure that became dead removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from prunekit.masks import MaskSet, masks_from_zeros, merge, zero_masked
+from prunekit.methods.base import Method, MethodConfig, register
+from prunekit.methods.magnitude import magnitude_masks
+from prunekit.patterns import check_sparsity
+from prunekit.topology import Topology, get_module, weight_view
+
+
+class L1Config(MethodConfig):
+    # sum |W| is large (about 2.5e6 for BERT-base's blocks), so 1e-4 gives every weight a pull of 1e-4 * sign(w)
+    # per step: comparable to task gradients, i.e. it matters, as NeuroPrune's default with the same scale
+    alpha: float = Field(default=1e-4, ge=0)
+    eps: float = Field(default=1e-4, ge=0)  # |w| <= eps counts as zero (logged, and cut at the end)
+    target_sparsity: float | None = None  # set: exact global magnitude cut to this fraction at the end
+    pattern: str = "unstructured"  # of the final cut to target_sparsity: unstructured | neuron
+
+    @field_validator("target_sparsity")
+    @classmethod
+    def _target(cls, v: float | None) -> float | None:
+        return None if v is None else check_sparsity(v, "target_sparsity")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        v = str(v).strip().lower().rstrip("s")
+        if v not in ("unstructured", "neuron"):
+            raise ValueError("the final cut of l1 is 'unstructured' or 'neuron'")
+        return v
+
+
+@register
+class L1(Method):
+    name = "l1"
+    config_class = L1Config
+    config: L1Config
+
+    def __init__(self, config: L1Config | dict | None = None) -> None:
+        super().__init__(config)
+        self._names: list[str] = []
+
+    def attach(self, model: nn.Module, topo: Topology) -> None:
+        super().attach(model, topo)
+        self._names = topo.prunable_linears()
+
+    def _weights(self) -> list[torch.Tensor]:
+        # looked up on every call (cheap), so a wrapper that replaces parameters (FSDP) is still seen
+        return [get_module(self.model, name).weight for name in self._names]
+
+    def loss_terms(self, model: nn.Module, batch: dict, outputs: Any) -> dict[str, torch.Tensor]:
+        if not self._names or self.config.alpha == 0:
+            return {}
+        # accumulate in float32: a bf16 sum of ~1e8 terms would round the logged value badly
+        total = sum(torch.linalg.vector_norm(w, ord=1, dtype=torch.float32) for w in self._weights())
+        return {"l1": self.config.alpha * total}
+
+    @torch.no_grad()
+    def on_step(self, step: int, total_steps: int) -> dict[str, float]:
+        weights = self._weights()
+        if not weights:
+            return {}
+        small = sum(int((w.abs() <= self.config.eps).sum()) for w in weights)
+        return {"near_zero": small / sum(w.numel() for w in weights)}
+
+    @torch.no_grad()
+    def finalize(self, model: nn.Module) -> MaskSet | None:
+        c, topo = self.config, self.topo
+        if c.target_sparsity is not None:
+            masks = magnitude_masks(model, topo=topo, pattern=c.pattern, sparsity=c.target_sparsity, scope="global")
+            zero_masked(model, masks, topo)
+        else:
+            masks = MaskSet()
+            for name in topo.prunable_linears():
+                w = weight_view(get_module(model, name))
+                w.masked_fill_(w.abs() <= c.eps, 0.0)
+                masks.weights[name] = w != 0
+                masks.patterns[name] = "unstructured"
+        return merge(masks, masks_from_zeros(model, topo), _dead_inputs(model, topo))
+
+
+def _dead_inputs(model: nn.Module, topo: Topology) -> MaskSet:
+    """Neurons whose input rows (W1, or gate and up) and input biases are all zero: their pre-activation is 0
+    and GELU / ReLU / SiLU of 0 is 0, so they contribute nothing. (A zero row with a non-zero bias gives a
+    constant output and is kept: removing it would change the function.)"""
+    masks = MaskSet()
+    for b in topo.blocks:
+        if b.ffn is None or not b.ffn.width:
+            continue
+        live = None
+        for name in b.ffn.inputs:
+            module = get_module(model, name)
+            row = weight_view(module).abs().sum(1) > 0
+            if getattr(module, "bias", None) is not None:
+                row |= module.bias != 0
+            live = row if live is None else live | row
+        masks.layer(b.index).neurons = live
+    return masks
