@@ -113,6 +113,7 @@ def run_recipe(
         test_fraction=d.test_fraction,
         max_examples=d.max_examples,
     )
+    data = _cap_train(data, d.max_train_examples, d.seed)
     task = get_task(kind)
     work = _prepare_dirs(out, recipe, overwrite, resume) if main else partial_dir(out)
     model, tok, manifest = _load_start(recipe, task, task.num_labels(data))
@@ -179,8 +180,9 @@ def run_recipe(
             max_examples=d.max_examples,
         )  # fmt: skip
         if d.dataset in DATASETS
-        else {"file": d.dataset, "seed": d.seed, "sizes": {k: len(v) for k, v in data.items()}}
+        else {"file": d.dataset, "seed": d.seed}
     )
+    split |= {"max_train_examples": d.max_train_examples, "sizes": {k: len(v) for k, v in data.items()}}
     for sub in ("checkpoints", "best"):
         shutil.rmtree(work / sub, ignore_errors=True)
     write_model(
@@ -205,6 +207,18 @@ def run_recipe(
         shutil.rmtree(out)
     work.replace(out)
     return summary | {"out_dir": str(out), "timings": timings}
+
+
+def _cap_train(data, cap: int | None, seed: int):
+    """A seeded (stratified where labelled) subset of the training split; evaluation splits stay whole."""
+    if cap is None or len(data["train"]) <= cap:
+        return data
+    from prunekit.catalog.datasets import _take
+
+    train = data["train"]
+    labels = train["label"] if "label" in train.column_names else None
+    data["train"] = train.select(sorted(_take(list(range(len(train))), cap, labels, seed)[1]))
+    return data
 
 
 def _task_info(task, d, data) -> dict[str, Any]:
