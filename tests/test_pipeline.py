@@ -101,3 +101,19 @@ def test_killed_pipeline_resumes_to_the_same_model(tmp_path):
     a, b = prunekit.load(tmp_path / "a"), prunekit.load(tmp_path / "b")
     for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2), k
+
+
+@pytest.mark.slow
+def test_demo_command_on_real_minilm(tmp_path):
+    """The README's demo path on the real model and data, with a small budget (the full demo is `make demo`)."""
+    out = tmp_path / "demo"
+    budget = ["data.max_examples=400", "data.max_train_examples=160", "finetune.epochs=1", "train.epochs=1",
+              "bench.repeats=2", "bench.batch=[1]"]  # fmt: skip
+    proc = _cli("demo", "--out", str(out), "--no-progress", *[x for b in budget for x in ("--set", b)])
+    assert "test accuracy" in proc.stdout and "latency b1 s128" in proc.stdout, proc.stdout
+    manifest = read_manifest(out)
+    assert manifest.source_model == "minilm-l6" and manifest.task["dataset"] == "rotten_tomatoes"
+    assert [e.heads for e in manifest.structure] == [6] * 6 and [e.ffn_width for e in manifest.structure] == [768] * 6
+    assert manifest.split["sizes"] == {"train": 160, "validation": 400, "test": 400}
+    size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert size(prunekit.load(out)) < size(prunekit.load(out / "dense"))

@@ -118,3 +118,54 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     # 160 examples -> 128 train; 8 per batch -> 16 batches -> 8 per process and epoch -> 48 steps in 6 epochs
     assert max(steps) == 48
+
+
+def _tiny_llama_dir(root, tok_dir):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = root / "tiny-llama"
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, head_dim=8,
+                      pad_token_id=tok.pad_token_id)  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_trainer_on_language_modelling_and_qa(tmp_path):
+    """The same loop trains the other task kinds: a decoder on text, an encoder on extractive QA."""
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    bert_dir = tiny_bert_dir(tmp_path)
+    lines = [{"text": "the cat sat on the mat and the dog sat on the log . " * 3} for _ in range(60)]
+    lm_file = tmp_path / "lm.jsonl"
+    lm_file.write_text("\n".join(json.dumps(x) for x in lines))
+    data, kind = load_data(str(lm_file), seed=0)
+    assert kind == "causal-lm"
+    task = get_task(kind)
+    model, tok = load_model(str(_tiny_llama_dir(tmp_path, bert_dir)), task="causal-lm")
+    before = task.evaluate(model, data["validation"], tok, max_length=32)["perplexity"]
+    cfg = _cfg(epochs=10, lr=1e-2, max_length=32)
+    res = train(model, tok, task, data, config=cfg, work_dir=tmp_path / "lm", progress=False)
+    after = task.evaluate(res.model, data["validation"], tok, max_length=32)["perplexity"]
+    assert after < before / 5, (before, after)
+
+    qa = []
+    for i in range(80):
+        name = ["paris", "rome", "oslo", "lima"][i % 4]
+        context = f"the city in question is {name} and it is large ."
+        qa.append({"question": "which city ?", "context": context,
+                   "answers": {"text": [name], "answer_start": [context.index(name)]}})  # fmt: skip
+    qa_file = tmp_path / "qa.jsonl"
+    qa_file.write_text("\n".join(json.dumps(x) for x in qa))
+    data, kind = load_data(str(qa_file), seed=0)
+    assert kind == "extractive-qa"
+    task = get_task(kind)
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                                num_attention_heads=4, intermediate_size=64))  # fmt: skip
+    res = train(model, tok, task, data, config=_cfg(epochs=6, max_length=64), work_dir=tmp_path / "qa", progress=False)
+    assert task.evaluate(res.model, data["test"], tok, max_length=64)["exact_match"] >= 90
