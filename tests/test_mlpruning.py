@@ -17,7 +17,7 @@ from prunekit.compact import check_equal, compact
 from prunekit.errors import UsageError
 from prunekit.masks import block_parameter_count
 from prunekit.methods.base import create_method, method_names
-from prunekit.methods.mlpruning import TopKBinarizer, UnitScores, adaptive_penalty, kept_units, run_stages
+from prunekit.methods.mlpruning import TopKBinarizer, UnitScores, adaptive_penalty, kept_units
 from prunekit.topology import describe, get_module, weight_view
 from tiny import tiny_inputs, tiny_model
 
@@ -355,41 +355,13 @@ def test_registered_and_config_errors():
 # ---------------------------------------------------------------- the two-step recipe end to end
 
 
-def _staged_train(monkeypatch):
-    """What the proposed pipeline hook does (run the method's next stages after `prune`) and what the trainer
-    does for attention distillation (eager attention in both models), applied around `train`."""
-    from prunekit.train import loop
-
-    original = loop.train
-
-    def train(model, tokenizer, task, data, *, method=None, teacher=None, distill=None, stage="train", **kw):
-        def run(m, t, s):
-            eager = t is not None and distill is not None and distill.attention_weight > 0
-            before = m.config._attn_implementation
-            if eager:
-                for x in (m, t):
-                    x.set_attn_implementation("eager")
-            result = original(m, tokenizer, task, data, method=method, teacher=t, distill=distill, stage=s, **kw)
-            if eager:  # back to what the dense reference runs, so the bench compares like with like
-                result.model.set_attn_implementation(before)
-            return result
-
-        result = run(model, teacher, stage)
-        if method is None:
-            return result
-        return run_stages(method, result, lambda m, t, s: run(m, t if distill is not None else None, s))
-
-    monkeypatch.setattr(loop, "train", train)
-
-
 @pytest.mark.slow
-def test_two_step_recipe_end_to_end(tmp_path, monkeypatch):
+def test_two_step_recipe_end_to_end(tmp_path):
     from prunekit.io import load, read_manifest
     from prunekit.pipeline import run_recipe
     from prunekit.recipe import load_recipe
     from train_fixtures import sentiment_csv, tiny_bert_dir
 
-    _staged_train(monkeypatch)
     model_dir, csv_path = tiny_bert_dir(tmp_path), sentiment_csv(tmp_path)
     path = tmp_path / "mlpruning.yaml"
     path.write_text(

@@ -44,10 +44,30 @@ def load_source(
     from prunekit.io import MANIFEST, load, read_manifest
 
     if (Path(source) / MANIFEST).exists():
-        model, tok = load(source, with_tokenizer=True)
+        model, tok = load(source, with_tokenizer=True)  # checks the tokenizer against the embedding
         return model, tok, read_manifest(source)
     model, tok = load_model(source, task=task_head, num_labels=num_labels, trust_remote_code=trust_remote_code)
     return model.eval(), tok, None
+
+
+def check_keeps_attention(model: nn.Module, masks: MaskSet | None) -> None:
+    """Refuse a pruning target that removes every head of every layer (the model would have no attention).
+    `compact` itself compacts any masks it is given; this guards what users ask for (CLI, recipes)."""
+    from prunekit.topology import describe
+
+    if masks is None:
+        return
+    with_heads = {b.index for b in describe(model).blocks if b.attention is not None and b.attention.num_heads}
+    headless = {
+        i
+        for i, lm in masks.layers.items()
+        if lm.heads is not None and not lm.drop_attention and not bool(lm.heads.any())
+    }
+    if with_heads and headless >= with_heads:
+        raise UsageError(
+            "the pruning target removes every head of every layer, which leaves the model no attention: keep at "
+            "least one head (lower the head sparsity, or keep min_heads at 1)"
+        )
 
 
 def magnitude_prune(model: nn.Module, specs: list[str], scope: str = "global") -> MaskSet:
@@ -86,9 +106,12 @@ def compact_source(
         source, task_head=task_head, num_labels=num_labels, trust_remote_code=trust_remote_code
     )
     masks = magnitude_prune(model, prune, scope) if prune else masks_from_zeros(model)
+    check_keeps_attention(model, masks)
     mask_report = sparsity_report(model, masks)
     with torch.no_grad():
         compact(model, masks)
+    from prunekit.pipeline import source_fingerprint
+
     source_model = manifest.source_model if manifest else source
     save(
         model,
@@ -96,6 +119,7 @@ def compact_source(
         tokenizer,
         overwrite=overwrite,
         source_model=source_model,
+        source_fingerprint=manifest.source_fingerprint if manifest else source_fingerprint(source),
         method="magnitude" if prune else "compact",
         recipe={"prune": prune or [], "scope": scope},
         patterns=masks.patterns and {k: v for k, v in masks.patterns.items()},
@@ -122,10 +146,55 @@ def reference_for(run_dir: str) -> nn.Module:
         raise UsageError(f"'{run_dir}' records no source model: pass --reference MODEL")
     from prunekit.io import load
 
+    source = _recorded_model(run_dir, manifest)
     pruned = load(run_dir)
     labels = getattr(pruned.config, "num_labels", None) if manifest.task_head != "causal-lm" else None
-    model, _ = load_model(manifest.source_model, task=manifest.task_head, num_labels=labels)
+    model, _ = load_model(source, task=manifest.task_head, num_labels=labels)
     return model.eval()
+
+
+def _recorded_model(run_dir: str, manifest) -> str:
+    """The manifest's source model: a catalog name or hub id as is; a folder only if it still has the recorded
+    fingerprint (a manifest cannot point prunekit at other paths, '../..' or absolute)."""
+    from prunekit.catalog.models import MODELS
+    from prunekit.io import recorded_path
+
+    name = manifest.source_model
+    if name in MODELS or not _looks_like_path(name):
+        return name
+    fix = "pass --reference MODEL to name the dense model to compare with yourself"
+    return recorded_path(run_dir, name, manifest.source_fingerprint, what="source model", fix=fix)
+
+
+def _looks_like_path(value: str) -> bool:
+    """A path (absolute, '~', '.', '..', or existing here) rather than a hub id such as 'org/model'."""
+    p = Path(value)
+    return p.is_absolute() or value.startswith(("~", ".")) or ".." in p.parts or p.exists()
+
+
+def _recorded_data(run_dir: str, manifest, d: dict) -> tuple[str, str | None]:
+    """(dataset, data_dir) of the run's own split, made safe: a catalog name as is (its data_dir only if the
+    files there match the recorded checksums), a file or folder only with the recorded fingerprint."""
+    from prunekit.catalog.datasets import DATASETS
+    from prunekit.io import recorded_path
+
+    info = manifest.task or {}
+    split = manifest.split or {}
+    dataset, data_dir = d.get("dataset", info.get("dataset")), d.get("data_dir")
+    fix = "pass --data FILE to evaluate on a file you name"
+    if not isinstance(dataset, str) or not dataset:
+        raise UsageError(f"'{run_dir}' records no dataset: {fix}")
+    if dataset not in DATASETS:
+        return recorded_path(run_dir, dataset, split.get("fingerprint"), what="data file", fix=fix), None
+    if data_dir is not None:
+        files = split.get("files") or []
+        names = [f.get("name") for f in files if isinstance(f, dict)]
+        if not names or any(not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..") for n in names):
+            raise UsageError(f"'{run_dir}' records data_dir '{data_dir}' without its files' checksums: {fix}")
+        for f in files:
+            recorded = f"{f.get('bytes')}:{f.get('sha256')}"  # the catalog's record of a prepared file
+            recorded_path(run_dir, str(Path(data_dir) / f["name"]), recorded, what="data file", fix=fix)
+    return dataset, data_dir
 
 
 def evaluate_run(
@@ -159,11 +228,12 @@ def evaluate_run(
             raise UsageError(f"--split '{split}' is not validation or test")
         s = manifest.split or {}
         d = recipe.get("data") or {}
+        dataset, data_dir = _recorded_data(run_dir, manifest, d)
         splits, _ = load_data(
-            d.get("dataset", info.get("dataset")),
+            dataset,
             task=task.kind,
             columns=d.get("columns"),
-            data_dir=d.get("data_dir"),
+            data_dir=data_dir,
             seed=s.get("seed", d.get("seed", 0)),
             validation_fraction=d.get("validation_fraction", 0.1),
             test_fraction=d.get("test_fraction", 0.1),

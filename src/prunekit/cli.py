@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -54,6 +55,20 @@ def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     from prunekit.catalog import models_table
 
     _print_rows(models_table(), "prunekit models", as_json)
+
+
+@app.command()
+def methods(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the pruning methods a recipe's `method.name` can take, with their config fields."""
+    from prunekit.methods.base import REGISTRY, method_names
+
+    rows = []
+    for name in method_names():
+        cls = REGISTRY[name]
+        doc = [" ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())]
+        fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.config_class.model_fields.items())
+        rows.append({"name": name, "description": doc[0] if doc else "", "config": fields or "-"})
+    _print_rows(rows, "prunekit methods", as_json)
 
 
 @app.command()
@@ -374,14 +389,36 @@ def compare(
         typer.echo(f"wrote {result['markdown']} and {result['plot']}")
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error and its notes (e.g. that an interrupted run was kept for --resume) as one line."""
+    text = " ".join(str(exc).split())
+    return "; ".join([text, *(" ".join(str(n).split()) for n in getattr(exc, "__notes__", []))])
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """prunekit's own warnings as one 'warning: ...' line each (others as Python prints them)."""
+    if "prunekit" in str(filename) and issubclass(category, UserWarning):
+        err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
+    from prunekit.io import DISK_FULL_FIX, is_disk_full
+
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            app(standalone_mode=False)
     except PrunekitError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
@@ -396,8 +433,14 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if debug:
             raise
+        if is_disk_full(exc):
+            where = f" while writing '{exc.filename}'" if getattr(exc, "filename", None) else ""
+            notes = "".join(f"; {n}" for n in getattr(exc, "__notes__", []))
+            message = f"no space left on the device{where}: {DISK_FULL_FIX}{notes}"
+            err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            sys.exit(1)
         err.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            f"[bold red]error:[/] {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
         )

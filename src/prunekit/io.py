@@ -2,21 +2,25 @@
 
 Layout (see ARCHITECTURE.md): model.safetensors, config.json, tokenizer files, prunekit.json.
 Everything is written into a temporary sibling and renamed at the end, so a failed save leaves
-nothing behind. Weights are only read with safetensors: loading never unpickles.
+nothing behind. Weights are only read with safetensors: loading never unpickles. A manifest is validated
+before use, its weights checksum is checked on load, and a path it names (data file, source model) is only
+used when its fingerprint still matches the one recorded when prunekit wrote it.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
@@ -33,14 +37,14 @@ MANIFEST_VERSION = 1
 
 class LayerEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    layer: int
-    attention: str
-    heads: int
-    kv_heads: int
-    attn_rows: int | None = None
-    ffn: str
-    ffn_width: int
-    ffn_rows: int | None = None
+    layer: int = Field(ge=0)
+    attention: Literal["kept", "empty", "dropped"]
+    heads: int = Field(ge=0)
+    kv_heads: int = Field(ge=0)
+    attn_rows: int | None = Field(None, ge=0)
+    ffn: Literal["kept", "dropped"]
+    ffn_width: int = Field(ge=0)
+    ffn_rows: int | None = Field(None, ge=0)
 
 
 class Manifest(BaseModel):
@@ -63,6 +67,8 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     created: str = ""
+    weights_sha256: str | None = None  # of model.safetensors, checked on load
+    source_fingerprint: str | None = None  # of source_model when it is a folder (see `fingerprint`)
 
 
 _HEAD_OF_CLASS = (
@@ -92,9 +98,81 @@ def staged_dir(out_dir: str | Path, overwrite: bool = False):
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise PrunekitError(f"no space left on the device while writing '{out}': {DISK_FULL_FIX}") from exc
         raise
+
+
+DISK_FULL_FIX = "free disk space (or write somewhere else) and run again"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(path: str | Path, *, max_files: int = 256, full_hash_limit: int = 16 << 20) -> str | None:
+    """What a manifest records of a path it names: '<size>:<sha256>' of a file; for a folder (a model or a saved
+    dataset), 'dir:' + a sha256 over its files' relative names, sizes and contents (files up to
+    `full_hash_limit` bytes; two levels deep). None for anything else or a folder of more than `max_files`."""
+    path = Path(path).expanduser()
+    try:
+        if path.is_file():
+            return f"{path.stat().st_size}:{sha256_file(path)}"
+        if not path.is_dir():
+            return None
+        found: list[Path] = []
+        for sub in (path, *sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))):
+            found += [f for f in sub.iterdir() if f.is_file() and not f.name.startswith(".")]
+            if len(found) > max_files:
+                return None
+        h = hashlib.sha256()
+        for f in sorted(found):
+            size = f.stat().st_size
+            h.update(f"{f.relative_to(path).as_posix()}\0{size}\0".encode())
+            h.update((sha256_file(f) if size <= full_hash_limit else "").encode())
+        return f"dir:{h.hexdigest()}"
+    except OSError:
+        return None
+
+
+def matches(path: str | Path, recorded: str) -> bool:
+    """Whether `path` still has the fingerprint `recorded` (a file's size is compared before it is hashed)."""
+    path = Path(path).expanduser()
+    try:
+        if recorded.startswith("dir:"):
+            return path.is_dir() and fingerprint(path) == recorded
+        size, _, digest = recorded.partition(":")
+        return path.is_file() and size.isdigit() and path.stat().st_size == int(size) and sha256_file(path) == digest
+    except OSError:
+        return False
+
+
+def recorded_path(run_dir: str | Path, value: str, recorded: str | None, *, what: str, fix: str) -> str:
+    """A path named by a run's manifest, safe to use: only when it still has the fingerprint prunekit recorded
+    when it wrote the manifest. A hand-edited or foreign manifest cannot point prunekit at anything else
+    (e.g. '../..' or an absolute path): the user names such a path on the command line instead."""
+    path = Path(value).expanduser()
+    manifest = Path(run_dir) / MANIFEST
+    if not path.exists():
+        raise UsageError(f"{what} '{value}' recorded in {manifest} does not exist here: {fix}")
+    if not isinstance(recorded, str) or not recorded:
+        raise UsageError(f"{manifest} names {what} '{value}' but records no checksum for it: {fix}")
+    if not matches(path, recorded):
+        raise UsageError(
+            f"{what} '{value}' does not match the checksum {manifest} recorded (changed since, or not the run's "
+            f"own): {fix}"
+        )
+    return str(path)
 
 
 def build_manifest(model: nn.Module, **fields: Any) -> Manifest:
@@ -111,12 +189,21 @@ def build_manifest(model: nn.Module, **fields: Any) -> Manifest:
 
 
 def write_model(model: nn.Module, folder: Path, tokenizer=None, **manifest_fields: Any) -> Manifest:
-    """Write model, tokenizer and manifest into an existing folder."""
+    """Write model, tokenizer and manifest into an existing folder; the manifest last and atomically, so a
+    folder with a manifest holds a complete model."""
+    from prunekit.train.checkpoint import fault_point
+
     manifest = build_manifest(model, **manifest_fields)
+    folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    (folder / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+    fault_point("save")
+    if (folder / WEIGHTS).exists():
+        manifest.weights_sha256 = sha256_file(folder / WEIGHTS)
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(manifest.model_dump_json(indent=2))
+    os.replace(tmp, folder / MANIFEST)
     return manifest
 
 
@@ -179,13 +266,36 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", with_tokeni
     weights = run_dir / WEIGHTS
     if not weights.exists():
         raise UsageError(f"'{run_dir}' has no {WEIGHTS}: the run did not finish; re-run it")
+    if manifest.weights_sha256 is not None and sha256_file(weights) != manifest.weights_sha256:
+        raise PrunekitError(
+            f"{weights} is corrupt or truncated (checksum differs from the manifest's); restore it or re-run the job"
+        )
     try:
         state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as exc:
         raise PrunekitError(f"{weights} is corrupt or truncated ({exc}); restore it or re-run the job") from exc
-    config = AutoConfig.from_pretrained(run_dir, trust_remote_code=False)
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(
+            f"'{run_dir}' has no config.json: the run directory is incomplete; restore it or re-run the job"
+        )
+    try:
+        config = AutoConfig.from_pretrained(run_dir, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise PrunekitError(
+            f"{run_dir / 'config.json'} is corrupt ({str(exc).strip().splitlines()[0]}); restore it or re-run the job"
+        ) from exc
     model = _model_class(manifest.model_class)(config)
-    rebuild(model, [e.model_dump() for e in manifest.structure])
+    layers = [e.model_dump() for e in manifest.structure]
+    try:
+        rebuild(model, layers)
+    except (ValueError, RuntimeError, UsageError) as exc:
+        raise PrunekitError(
+            f"{run_dir / MANIFEST} does not describe this model ({exc}); restore it or re-run the job"
+        ) from exc
+    if [LayerEntry(**e).model_dump() for e in structure(model)] != layers:
+        raise PrunekitError(
+            f"{run_dir / MANIFEST}'s per-layer structure is not one this model can have; restore it or re-run the job"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or {})
     missing = [k for k in missing if k not in tied]
@@ -198,7 +308,9 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", with_tokeni
         model.tie_weights()
     model.to(device).eval()
     if with_tokenizer:
-        from transformers import AutoTokenizer
+        from prunekit.catalog.models import _load_tokenizer, check_tokenizer
 
-        return model, AutoTokenizer.from_pretrained(run_dir)
+        tokenizer = _load_tokenizer(str(run_dir), str(run_dir), trust_remote_code=False)
+        check_tokenizer(model, tokenizer, str(run_dir))
+        return model, tokenizer
     return model

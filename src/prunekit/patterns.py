@@ -71,7 +71,7 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, pad_tail: bool = False) -> tor
     if tail and not pad_tail:
         raise UsageError(
             f"{n}:{m} needs in_features divisible by {m}, this matrix has {in_f}; "
-            "set pad_tail: dense to keep the last partial group dense"
+            "set pad_tail: true to keep the last partial group dense"
         )
     body = in_f - tail
     mask = torch.ones_like(weight, dtype=torch.bool)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,12 @@ def _prepare_dirs(out: Path, recipe: Recipe, overwrite: bool, resume: bool) -> P
             raise UsageError(
                 f"nothing to resume at '{out}': no interrupted run ({work.name}); start it without --resume"
             )
-        saved = json.loads((work / "recipe.json").read_text())
+        try:
+            saved = json.loads((work / "recipe.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"the interrupted run {work} is damaged (its recipe.json is unreadable): pass --overwrite to restart"
+            ) from exc
         if saved != recipe.model_dump(mode="json"):
             raise UsageError(f"the recipe differs from the interrupted run's ({work / 'recipe.json'}): resume with it")
         return work
@@ -45,9 +52,55 @@ def _prepare_dirs(out: Path, recipe: Recipe, overwrite: bool, resume: bool) -> P
                 f"an interrupted run of '{out}' exists ({work}): pass --resume to continue it or --overwrite to restart"
             )
         shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2))
+    tmp = out.parent / f"{work.name}.tmp-{os.getpid()}"  # made whole, then renamed: a kill leaves no half run
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2))
+    os.replace(tmp, work)
     return work
+
+
+def _has_progress(work: Path) -> bool:
+    """Whether an interrupted run holds work worth resuming: a complete checkpoint or the dense stage."""
+    from prunekit.io import MANIFEST
+    from prunekit.train.checkpoint import list_checkpoints
+
+    stages = (work / "checkpoints").iterdir() if (work / "checkpoints").is_dir() else []
+    return (work / "dense" / MANIFEST).exists() or any(list_checkpoints(p) for p in stages)
+
+
+@contextmanager
+def _cleanup_on_failure(work: Path, fresh: bool):
+    """A run that fails leaves nothing behind, unless it has progress to resume: then it is kept and the error
+    says so. A kill or Ctrl-C (not an Exception) always keeps it, for --resume."""
+    try:
+        yield
+    except Exception as exc:
+        if fresh and not _has_progress(work):
+            shutil.rmtree(work, ignore_errors=True)
+        elif work.exists():
+            exc.add_note(f"the interrupted run is kept in {work}: fix the cause, then pass --resume")
+        raise
+
+
+def _check_fits(method, model: nn.Module) -> None:
+    """Fine-grained patterns must fit every prunable matrix: say so before training, not after it."""
+    from prunekit.patterns import check_block, nm_mask, parse_pattern
+    from prunekit.topology import describe, get_module, linear_shape
+
+    raw = getattr(method.config, "pattern", None)
+    names = [raw] if isinstance(raw, str) else list(raw or [])
+    patterns = [parse_pattern(p) for p in names if isinstance(p, str)]
+    if not any(p.kind in ("nm", "block") for p in patterns):
+        return
+    pad_tail = bool(getattr(method.config, "pad_tail", False))
+    for name in describe(model).prunable_linears():
+        shape = linear_shape(get_module(model, name))
+        for p in patterns:
+            if p.kind == "nm":
+                nm_mask(torch.zeros(1, shape[1]), p.n, p.m, pad_tail)
+            elif p.kind == "block":
+                check_block(shape, p.block, name)
 
 
 def _load_start(recipe: Recipe, task, num_labels: int | None):
@@ -62,6 +115,10 @@ def _load_start(recipe: Recipe, task, num_labels: int | None):
     )
     if manifest is not None and manifest.task_head != task.model_head:
         raise UsageError(f"'{recipe.model}' has a {manifest.task_head} head, the task needs {task.model_head}")
+    if tok is None:
+        raise UsageError(
+            f"'{recipe.model}' has no tokenizer files: copy the tokenizer of the model it came from into the folder"
+        )
     return model.train(), tok, manifest
 
 
@@ -92,16 +149,27 @@ def run_recipe(
     log=print,
 ) -> dict[str, Any]:
     """Run a recipe into `out_dir`; returns the summary also written to the manifest."""
-    from prunekit.compact import compact
-    from prunekit.io import write_model
-    from prunekit.masks import sparsity_report
-    from prunekit.tasks import get_task, load_data
-    from prunekit.train.loop import train
-
     t0 = time.perf_counter()
     out = Path(out_dir)
     main = _is_main(recipe.train.device)
     method = recipe.create_method()
+    work = _prepare_dirs(out, recipe, overwrite, resume) if main else partial_dir(out)
+    if not main:
+        return _stages(recipe, method, out, work, main, resume, progress, log, t0)
+    with _cleanup_on_failure(work, fresh=not resume):
+        return _stages(recipe, method, out, work, main, resume, progress, log, t0)
+
+
+def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: bool, progress: bool, log, t0: float):
+    from prunekit.api import check_keeps_attention
+    from prunekit.compact import compact
+    from prunekit.io import fingerprint, write_model
+    from prunekit.masks import sparsity_report
+    from prunekit.tasks import get_task, load_data
+    from prunekit.train.loop import train
+
+    if resume and (written := _written(work)) is not None:
+        return _finish(work, out, written)
     d = recipe.data
     data, kind = load_data(
         d.dataset,
@@ -115,8 +183,8 @@ def run_recipe(
     )
     data = _cap_train(data, d.max_train_examples, d.seed)
     task = get_task(kind)
-    work = _prepare_dirs(out, recipe, overwrite, resume) if main else partial_dir(out)
     model, tok, manifest = _load_start(recipe, task, task.num_labels(data))
+    _check_fits(method, model)
     timings: dict[str, float] = {}
     metrics: dict[str, Any] = {}
 
@@ -135,7 +203,13 @@ def run_recipe(
             if main:
                 dense_dir.mkdir(exist_ok=True)
                 write_model(
-                    model, dense_dir, tok, source_model=recipe.model, method="dense", task=_task_info(task, d, data)
+                    model,
+                    dense_dir,
+                    tok,
+                    source_model=recipe.model,
+                    source_fingerprint=source_fingerprint(recipe.model),
+                    method="dense",
+                    task=_task_info(task, d, data),
                 )
     dense_reference = copy.deepcopy(model).eval() if main else None
     if main:
@@ -145,15 +219,25 @@ def run_recipe(
     from prunekit.structure import structure
 
     dense_structure = structure(model)
+    dense_params = sparsity_report(model)["params"]
     teacher, distill = _teacher(recipe, model, task)
     res = train(model, tok, task, data, method=method, config=recipe.train, work_dir=work, teacher=teacher,
                 distill=distill, resume=resume, progress=progress, stage="prune")  # fmt: skip
     timings["prune_s"] = res.train_s
+    history = list(res.history)
+    while (nxt := getattr(method, "next_stage", lambda _: None)(res.model)) is not None:  # multi-stage methods
+        teacher = nxt.teacher if distill else None
+        res = train(res.model, tok, task, data, method=method, config=recipe.train, work_dir=work, resume=resume,
+                    teacher=teacher, distill=distill, progress=progress, stage=nxt.stage)  # fmt: skip
+        timings[f"{nxt.stage}_s"], history = res.train_s, history + res.history
     if not main:
         return {}
     model = res.model
-    mask_report = sparsity_report(model, method.masks(), method.topo)
     masks = method.finalize(model)
+    mask_report = sparsity_report(model, masks)  # after finalize: includes a method's final cut
+    if hasattr(method, "save_plots"):
+        method.save_plots(work / "plots")
+    check_keeps_attention(model, masks)
     with torch.no_grad():
         if masks is not None:
             compact(model, masks)
@@ -161,6 +245,8 @@ def run_recipe(
     metrics.update(_evaluate(task, model, data, tok, recipe.train))
     log(f"{method.name}: {_fmt(metrics, task.main_metric)}")
     saved_report = sparsity_report(model)
+    # the saved model's non-zero block weights against the dense model's, so physical removal counts as sparsity
+    saved_report |= {"params": dense_params, "sparsity": 1 - saved_report["kept"] / dense_params if dense_params else 0}
     summary: dict[str, Any] = {
         "sparsity": {"mask": _sparsity_summary(mask_report), "saved": _sparsity_summary(saved_report)},
         "metrics": metrics,
@@ -183,13 +269,14 @@ def run_recipe(
         else {"file": d.dataset, "seed": d.seed}
     )
     split |= {"max_train_examples": d.max_train_examples, "sizes": {k: len(v) for k, v in data.items()}}
-    for sub in ("checkpoints", "best"):
-        shutil.rmtree(work / sub, ignore_errors=True)
+    if d.dataset not in DATASETS:  # lets `prunekit evaluate` trust the recorded path (see io.recorded_path)
+        split["fingerprint"] = fingerprint(d.dataset)
     write_model(
         model,
         work,
         tok,
         source_model=manifest.source_model if manifest else recipe.model,
+        source_fingerprint=manifest.source_fingerprint if manifest else source_fingerprint(recipe.model),
         method=method.name,
         recipe=recipe.model_dump(mode="json"),
         task=_task_info(task, d, data),
@@ -199,14 +286,40 @@ def run_recipe(
         patterns=dict(masks.patterns) if masks is not None else {},
         sparsity=summary["sparsity"],
         bench=summary.get("bench"),
-        history=res.history,
+        history=history,
         dense_structure=dense_structure,
+        method_report=_method_report(method),
     )
+    return _finish(work, out, summary | {"timings": timings})
+
+
+def _finish(work: Path, out: Path, summary: dict) -> dict[str, Any]:
+    """Report, drop the checkpoints (kept until the model is written, so a kill while writing it resumes),
+    rename into place."""
     _write_report(work)
+    for sub in ("checkpoints", "best"):
+        shutil.rmtree(work / sub, ignore_errors=True)
     if out.exists():
         shutil.rmtree(out)
     work.replace(out)
-    return summary | {"out_dir": str(out), "timings": timings}
+    return summary | {"out_dir": str(out)}
+
+
+def _written(work: Path) -> dict[str, Any] | None:
+    """The summary of an interrupted run that was killed after its model was written (only the report and
+    the rename were left), else None."""
+    from prunekit.io import MANIFEST, read_manifest
+
+    if not (work / MANIFEST).exists() or (work / "checkpoints").exists():
+        return None
+    m = read_manifest(work)
+    return {"sparsity": m.sparsity, "metrics": m.metrics, "bench": getattr(m, "bench", None), "timings": m.timings}
+
+
+def _method_report(method) -> dict[str, Any] | None:
+    """What a method reports about its own result (NeuroPrune's degree statistics, MLPruning's steps and packing)."""
+    parts = {k: getattr(method, k, None) for k in ("final_report", "info", "pack_report")}
+    return {k: v for k, v in parts.items() if v} or None
 
 
 def _cap_train(data, cap: int | None, seed: int):
@@ -245,8 +358,21 @@ def _teacher(recipe: Recipe, model: nn.Module, task):
         return copy.deepcopy(model).eval(), cfg
     from prunekit.api import load_source
 
-    teacher, _, _ = load_source(spec.teacher, task_head=task.model_head, num_labels=model.config.num_labels)
+    teacher, _, _ = load_source(
+        spec.teacher,
+        task_head=task.model_head,
+        num_labels=model.config.num_labels,
+        trust_remote_code=recipe.trust_remote_code,
+    )
     return teacher.eval(), cfg
+
+
+def source_fingerprint(source: str) -> str | None:
+    """The fingerprint of a source model given as a folder (None for catalog names and hub ids)."""
+    from prunekit.catalog.models import MODELS
+    from prunekit.io import fingerprint
+
+    return fingerprint(source) if source not in MODELS and Path(source).expanduser().is_dir() else None
 
 
 def _sparsity_summary(report: dict) -> dict:

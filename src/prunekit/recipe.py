@@ -6,6 +6,7 @@ and saved resolved in the run manifest so a run can be repeated exactly.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,34 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from prunekit.errors import UsageError
 from prunekit.methods.base import create_method, explain
 from prunekit.train.config import TrainConfig
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 without its base-60 numbers, so an N:M pattern such as `2:4` stays a string (not 124)."""
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag not in (_INT, _FLOAT)]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _INT,
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class DataSpec(BaseModel):
@@ -89,7 +118,7 @@ def _set(tree: dict, dotted: str, raw: str) -> None:
         if not isinstance(child, dict):
             raise UsageError(f"--set '{dotted}': '{k}' is a value, not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    node[keys[-1]] = yaml_load(raw) if raw != "" else None
 
 
 def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
@@ -116,7 +145,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not p.is_file():
         raise UsageError(f"recipe '{path}' not found: give a YAML file (see examples/)")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
+        tree = yaml_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UsageError(f"recipe '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(tree, dict):

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from prunekit.errors import UsageError
+from prunekit.errors import PrunekitError, UsageError
 
 TASK_HEADS = ("sequence-classification", "question-answering", "causal-lm", "base")
 
@@ -167,6 +168,57 @@ def _auto_class(task: str):
     return classes[task]
 
 
+# files a Hugging Face folder carries its tokenizer in (any one of them)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def refuse_remote_code(config: dict, name: str, trust_remote_code: bool) -> None:
+    """A config with `auto_map` asks to run the model's own Python code: never without the user's consent."""
+    if config.get("auto_map") and not trust_remote_code:
+        raise UsageError(
+            f"model '{name}' ships its own code (auto_map in its config.json), which prunekit runs only with "
+            "--trust-remote-code (recipe: trust_remote_code: true); use a model of a supported family instead"
+        )
+
+
+def check_tokenizer(model, tokenizer, name: str) -> None:
+    """A tokenizer that can emit ids the embedding has no row for is the wrong tokenizer: say so at load time."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(emb, "num_embeddings", None)
+    if tokenizer is not None and rows is not None and len(tokenizer) > rows:
+        raise UsageError(
+            f"the tokenizer of '{name}' has {len(tokenizer)} tokens but the model's embedding has {rows} rows: "
+            "they do not belong together; use the tokenizer the model was trained with"
+        )
+
+
+def _load_tokenizer(source: str, name: str, trust_remote_code: bool):
+    """The folder's tokenizer; None for a local folder that has no tokenizer files (e.g. weights only)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / f).exists() for f in TOKENIZER_FILES):
+        return None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(
+            f"cannot load the tokenizer of '{name}' ({str(exc).strip().splitlines()[0]}): "
+            "copy the tokenizer files of the model it came from into the folder"
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -176,8 +228,11 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     **config_kwargs,
 ):
-    """(model, tokenizer) for a named model / folder / hub id, with the head a task needs."""
-    from transformers import AutoConfig, AutoTokenizer
+    """(model, tokenizer) for a named model / folder / hub id, with the head a task needs.
+
+    The tokenizer is None when a local folder has no tokenizer files. A model that ships its own code is
+    refused unless `trust_remote_code`; a tokenizer larger than the model's embedding is refused."""
+    from transformers import AutoConfig, PretrainedConfig
 
     from prunekit.topology import family_of
 
@@ -187,15 +242,29 @@ def load_model(
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
     try:
+        raw, _ = PretrainedConfig.get_config_dict(source)
+        refuse_remote_code(raw, name_or_path, trust_remote_code)
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"cannot load model '{name_or_path}': {str(exc).strip().splitlines()[0]}") from exc
+    try:
+        model = cls.from_pretrained(source, config=config, dtype=dtype, trust_remote_code=trust_remote_code)
+    except RuntimeError as exc:
+        if "mismatched" not in str(exc) and "size mismatch" not in str(exc):
+            raise
+        saved = len(raw.get("id2label") or {}) or raw.get("num_labels")
+        raise UsageError(
+            f"the weights of '{name_or_path}' do not fit a {task} model with {num_labels} labels (its head was "
+            f"trained for {saved}): use the model it was fine-tuned from, or data with the same labels"
+        ) from exc
+    except SafetensorError as exc:
+        raise PrunekitError(f"the weights of '{name_or_path}' are corrupt or truncated ({exc}): restore them") from exc
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load model '{name_or_path}': {str(exc).splitlines()[0]}") from exc
-    model = cls.from_pretrained(source, config=config, dtype=dtype, trust_remote_code=trust_remote_code)
+        raise UsageError(f"cannot load model '{name_or_path}': {str(exc).strip().splitlines()[0]}") from exc
     family_of(model)  # unsupported architectures fail here, with the list of supported ones
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if getattr(model.config, "pad_token_id", None) is None:
+    tokenizer = _load_tokenizer(source, name_or_path, trust_remote_code)
+    check_tokenizer(model, tokenizer, name_or_path)
+    if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 

@@ -46,6 +46,8 @@ class L1Config(MethodConfig):
 
 @register
 class L1(Method):
+    """Plain L1 regularisation of the block weights (the NeuroPrune baseline); cut at eps or to a target at the end."""
+
     name = "l1"
     config_class = L1Config
     config: L1Config

@@ -4,6 +4,9 @@ A checkpoint is a folder `step-NNNNNNN` written as a hidden temporary sibling an
 so a folder with that name is always complete; a `COMPLETE` marker with a checksum of every file
 guards against later damage. A checkpoint that fails to load is skipped with a warning and the
 previous one is used. Tensors are read with safetensors or `torch.load(weights_only=True)`.
+
+`fault_point` is a test hook (inert unless PRUNEKIT_FAULT_AT is set) that kills the process at a chosen
+moment, e.g. midway through writing a checkpoint, so tests can check that a killed run resumes exactly.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,26 @@ def _digest(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def fault_point(kind: str) -> None:
+    """TEST HOOK, inert unless the environment sets PRUNEKIT_FAULT_AT="KIND:N": then the process SIGKILLs itself
+    (no cleanup, no flush: like `kill -9`) the N-th time it reaches the fault point KIND. Points:
+    `checkpoint` midway through writing a checkpoint (weights written, the rest not), `step` right after an
+    optimizer step, `save` midway through writing a model folder (weights written, manifest not).
+    Used by tests/test_faults.py."""
+    spec = os.environ.get("PRUNEKIT_FAULT_AT")
+    if not spec:
+        return
+    want, _, count = spec.partition(":")
+    if want != kind:
+        return
+    _FAULT_COUNTS[kind] = _FAULT_COUNTS.get(kind, 0) + 1
+    if _FAULT_COUNTS[kind] == int(count or 1):
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def rng_state() -> dict[str, Any]:
@@ -85,6 +109,7 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict, trainer_state: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(state_tensors(model_state), str(tmp / "model.safetensors"))
+    fault_point("checkpoint")
     torch.save(extra, tmp / "state.pt")
     (tmp / "trainer.json").write_text(json.dumps(trainer_state))
     sums = {p.name: _digest(p) for p in sorted(tmp.iterdir())}

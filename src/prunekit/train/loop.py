@@ -82,6 +82,10 @@ def _param_groups(model: nn.Module, method: Method, weight_decay: float) -> list
     return [g for g in groups + extra if g["params"]]
 
 
+def _attn_implementation(model: nn.Module) -> str | None:
+    return getattr(model.config, "_attn_implementation", None)
+
+
 class _Mean:
     """Running means of logged scalars between two log lines."""
 
@@ -144,6 +148,15 @@ class Trainer:
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(self.cfg.warmup_ratio * self.total_steps), max(self.total_steps, 1)
         )
+        self._student_attn = None
+        if teacher is not None and distill is not None:
+            from prunekit.train.distill import needs_attentions
+
+            if needs_attentions(distill):  # sdpa returns no attention probabilities: distil them with eager
+                self._student_attn = _attn_implementation(model)
+                for m in (model, teacher):
+                    if _attn_implementation(m) != "eager":
+                        m.set_attn_implementation("eager")
         self.wrapped, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         if teacher is not None:
             self.teacher = teacher.to(self.accelerator.device).eval()
@@ -187,6 +200,7 @@ class Trainer:
         """Load the newest usable checkpoint of this stage; False when there is none."""
         found = ckpt.latest_usable(self.ckpt_dir)
         if found is None:
+            self._truncate_log()  # killed before this stage's first checkpoint: it starts over, so does its log
             return False
         _, (model_state, trainer, extra) = found
         self._load_model_state(model_state)
@@ -214,7 +228,10 @@ class Trainer:
             return
         keep = []
         for line in self.log_path.read_text().splitlines():
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut short by the kill
+                continue
             if rec.get("stage") != self.stage or rec.get("step", 0) <= self.step:
                 keep.append(line)
         self.log_path.write_text("".join(x + "\n" for x in keep))
@@ -354,21 +371,22 @@ class Trainer:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.step += 1
+                    ckpt.fault_point("step")  # a test hook: inert unless PRUNEKIT_FAULT_AT is set
                     logged = self.method.on_step(self.step, self.total_steps)
                     self.method.enforce_masks(self.accelerator.unwrap_model(self.wrapped))
                     self.train_s = time.perf_counter() - start
                     epoch_f = self.step / self.steps_per_epoch
-                    if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                    end_of_epoch = self.step % self.steps_per_epoch == 0
+                    if end_of_epoch:  # before the log line, so what the method did at the epoch's end is logged
+                        logged |= self.method.on_epoch_end(self.step // self.steps_per_epoch - 1) or {}
+                    if self.step % self.cfg.log_every == 0 or self.step == self.total_steps or end_of_epoch:
                         self.log(
                             {"type": "train", "step": self.step, "epoch": round(epoch_f, 4)}
                             | means.pop()
                             | {"lr": self.scheduler.get_last_lr()[0]}
                             | logged
                         )
-                    end_of_epoch = self.step % self.steps_per_epoch == 0
                     done = self.step >= self.total_steps
-                    if end_of_epoch:
-                        logged |= self.method.on_epoch_end(self.step // self.steps_per_epoch - 1) or {}
                     if (self.cfg.eval_every and self.step % self.cfg.eval_every == 0) or end_of_epoch or done:
                         self.evaluate()
                     if (self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0) or end_of_epoch:
@@ -381,6 +399,8 @@ class Trainer:
         self.train_s = time.perf_counter() - start
         self._restore_best()
         model = self.accelerator.unwrap_model(self.wrapped)
+        if self._student_attn not in (None, "eager"):
+            model.set_attn_implementation(self._student_attn)  # measure and save as it came
         return TrainResult(model, self.history, self.best, self.step, round(self.train_s, 2))
 
     def _progress(self):
