@@ -296,7 +296,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
 def _finish(work: Path, out: Path, summary: dict) -> dict[str, Any]:
     """Report, drop the checkpoints (kept until the model is written, so a kill while writing it resumes),
     rename into place."""
-    _write_report(work)
+    _write_report(work, out.name)
     for sub in ("checkpoints", "best"):
         shutil.rmtree(work / sub, ignore_errors=True)
     if out.exists():
@@ -401,9 +401,7 @@ def _bench(model: nn.Module, reference: nn.Module, recipe: Recipe) -> dict:
     )
 
 
-def _write_report(run_dir: Path) -> None:
-    try:
-        from prunekit.report import write_report
-    except ImportError:  # reports are optional to the run itself
-        return
-    write_report(run_dir)
+def _write_report(run_dir: Path, name: str) -> None:
+    from prunekit.report import write_report
+
+    write_report(run_dir, name=name)

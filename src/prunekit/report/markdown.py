@@ -323,10 +323,12 @@ def _curves_section(run: Run, figures: list[tuple[str, str]]) -> list[str]:
 # ---------------------------------------------------------------- entry point
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, name: str | None = None) -> Path:
     """Write `run_dir/report.md` and its figures under `run_dir/plots/`; returns the report's path.
 
-    Raises UsageError when `run_dir` is not a run directory. Re-running replaces the previous report.
+    `name` titles the report (default: the folder's name; a run being built in its hidden staging folder
+    passes its final name). Raises UsageError when `run_dir` is not a run directory. Re-running replaces
+    the previous report.
     """
     run = load_run(run_dir)
     root = Path(run_dir)
@@ -343,7 +345,7 @@ def write_report(run_dir: str | Path) -> Path:
         path = plots.plot_structure(d["structure"], dense_counts, plot_dir / "structure.png")
         structure_link = path.relative_to(root).as_posix()
 
-    lines = [f"# prunekit report: {run.name}", "", *_summary(run)]
+    lines = [f"# prunekit report: {name or run.name}", "", *_summary(run)]
     for section in (
         _model_section(d),
         _method_section(d),
