@@ -60,6 +60,7 @@ def test_prune_recipe_end_to_end(tmp_path):
     on_file = json.loads(_cli("evaluate", str(out), "--data", str(csv2), "--json").stdout)[0]
     assert on_file["examples"] == 40 and on_file["accuracy"] >= 0.6
     report = (out / "report.md").read_text()
+    assert report.startswith("# prunekit report: run\n")  # its final name, not the staging folder's
     assert "magnitude" in report and f"{manifest.metrics['test']['accuracy']:.4f}"[:4] in report
 
 

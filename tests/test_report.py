@@ -135,6 +135,9 @@ def test_report_holds_values_and_valid_plots(tmp_path):
     path = write_report(run)
     assert path == run / "report.md"
     text = path.read_text()
+    assert text.startswith("# prunekit report: run\n")
+    assert write_report(run, name="final-name").read_text().startswith("# prunekit report: final-name\n")
+    text = path.read_text()
     for value in ("0.9125", "0.8875", "0.8512", "-0.0613", "-0.0250", "tiny-bert", "movement", "sst2"):
         assert value in text, value
     assert "target_sparsity: 0.5" in text and "warmup_steps: 10" in text  # recipe as yaml

@@ -331,6 +331,7 @@ def write_report(run_dir: str | Path, name: str | None = None) -> Path:
     the previous report.
     """
     run = load_run(run_dir)
+    title = name or run.name
     root = Path(run_dir)
     plot_dir = root / PLOTS_DIR
     for name in _OWN_PLOTS:  # a re-run must not leave a stale figure the new report does not link
@@ -345,7 +346,7 @@ def write_report(run_dir: str | Path, name: str | None = None) -> Path:
         path = plots.plot_structure(d["structure"], dense_counts, plot_dir / "structure.png")
         structure_link = path.relative_to(root).as_posix()
 
-    lines = [f"# prunekit report: {name or run.name}", "", *_summary(run)]
+    lines = [f"# prunekit report: {title}", "", *_summary(run)]
     for section in (
         _model_section(d),
         _method_section(d),
