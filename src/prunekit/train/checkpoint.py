@@ -11,7 +11,6 @@ moment, e.g. midway through writing a checkpoint, so tests can check that a kill
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -26,17 +25,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prunekit.errors import PrunekitError
+from prunekit.io import sha256_file
 
 PREFIX = "step-"
 MARKER = "COMPLETE"
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _FAULT_COUNTS: dict[str, int] = {}
@@ -112,7 +104,7 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict, trainer_state: 
     fault_point("checkpoint")
     torch.save(extra, tmp / "state.pt")
     (tmp / "trainer.json").write_text(json.dumps(trainer_state))
-    sums = {p.name: _digest(p) for p in sorted(tmp.iterdir())}
+    sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     (tmp / MARKER).write_text(json.dumps(sums))
     for p in tmp.iterdir():
         with open(p, "rb") as fh:
@@ -140,7 +132,7 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     sums = json.loads(marker.read_text())
     for name, digest in sums.items():
         f = path / name
-        if not f.exists() or _digest(f) != digest:
+        if not f.exists() or sha256_file(f) != digest:
             raise PrunekitError(f"checkpoint {path} is damaged ({name} does not match its checksum)")
     model_state = load_file(str(path / "model.safetensors"))
     extra = torch.load(path / "state.pt", weights_only=True)
