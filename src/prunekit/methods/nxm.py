@@ -111,6 +111,7 @@ class Admm(Method):
         self.mask: dict[str, torch.Tensor] = {}  # frozen (out, in) masks after the hard prune
         self.residual_history: list[dict[str, Any]] = []  # one entry per Z/U update and one at the prune
         self._masks: MaskSet | None = None
+        self._step = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -214,12 +215,13 @@ class Admm(Method):
         self.z, self.u = {}, {}
         total = math.sqrt(sum(v * v for v in before.values()))
         self.residual_history.append(
-            {"step": step, "rho": self.rho, "primal_residual": total, "dual_residual": 0.0, "layers": before,
-             "pruned": True}  # fmt: skip
+            {"step": step, "rho": self.rho, "primal_residual": total, "dual_residual": 0.0, "layers": before}
+            | {"pruned": True}
         )
         self._masks = None
 
     def on_step(self, step: int, total_steps: int) -> dict[str, float]:
+        self._step = step  # on_epoch_end is not told the step; it always follows this step's on_step
         if self.pruned:
             return {}
         if step >= self.config.end * max(int(total_steps), 1):
@@ -235,11 +237,7 @@ class Admm(Method):
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         if self.pruned or self.config.admm_interval != "epoch":
             return {}
-        return self.admm_update(self.last_update if self.model is None else self._step_hint(epoch))
-
-    def _step_hint(self, epoch: int) -> int:
-        """The step of this epoch's end, for the history (the trainer does not pass it)."""
-        return self.residual_history[-1]["step"] + 0 if False else epoch + 1  # epochs counted from 1
+        return self.admm_update(self._step)
 
     # ------------------------------------------------------------------ masks
 
