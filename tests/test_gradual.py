@@ -462,6 +462,24 @@ def test_l1_threshold_and_dead_neurons(family):
     check_equal(model, masks, tiny_inputs(family))
 
 
+def test_l1_ends_like_neuroprune_on_gated_ffns():
+    """One empty gate row kills a SiLU-gated neuron, and the target cut is exact once dead structure is removed:
+    the baseline's end is NeuroPrune's, so comparisons differ only in the regulariser."""
+    from prunekit.compact import compact
+    from prunekit.masks import block_parameter_count
+
+    model, method, topo, _ = _run("llama", "l1", {"alpha": 1e-3, "target_sparsity": 0.6})
+    ffn = topo.blocks[2].ffn
+    with torch.no_grad():
+        weight_view(get_module(model, ffn.inputs[0]))[9] = 0.0  # the gate row only
+    total = sum(weight_view(get_module(model, n)).numel() for n in topo.prunable_linears())
+    masks = method.finalize(model)
+    assert not bool(masks.layers[2].neurons[9])
+    check_equal(model, masks, tiny_inputs("llama"))
+    compact(model, masks)
+    assert block_parameter_count(model)[1] == kept_count(total, 0.6)
+
+
 # ---------------------------------------------------------------- configuration errors
 
 

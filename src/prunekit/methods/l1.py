@@ -18,7 +18,7 @@ from torch import nn
 from prunekit.masks import MaskSet, masks_from_zeros, merge, zero_masked
 from prunekit.methods.base import Method, MethodConfig, register
 from prunekit.methods.magnitude import magnitude_masks
-from prunekit.patterns import check_sparsity
+from prunekit.patterns import check_sparsity, kept_count
 from prunekit.topology import Topology, get_module, weight_view
 
 
@@ -81,18 +81,30 @@ class L1(Method):
 
     @torch.no_grad()
     def finalize(self, model: nn.Module) -> MaskSet | None:
+        # the same end as NeuroPrune's (eps threshold or exact cut, then dead structure incl. gated FFNs), so the
+        # two differ only in their regularisers
+        from prunekit.methods.neuroprune import dead_structure, exact_magnitude_cut
+
         c, topo = self.config, self.topo
-        if c.target_sparsity is not None:
-            masks = magnitude_masks(model, topo=topo, pattern=c.pattern, sparsity=c.target_sparsity, scope="global")
+        names = topo.prunable_linears()
+        weights = [weight_view(get_module(model, n)) for n in names]
+        if c.target_sparsity is not None and c.pattern == "neuron":
+            masks = magnitude_masks(model, topo=topo, pattern="neuron", sparsity=c.target_sparsity, scope="global")
             zero_masked(model, masks, topo)
+            return merge(masks, masks_from_zeros(model, topo), _dead_inputs(model, topo))
+        if c.target_sparsity is not None:
+            keep = kept_count(sum(w.numel() for w in weights), c.target_sparsity)
+            structure, _ = exact_magnitude_cut(model, topo, keep, lambda m: dead_structure(m, topo))
         else:
-            masks = MaskSet()
-            for name in topo.prunable_linears():
-                w = weight_view(get_module(model, name))
+            for w in weights:
                 w.masked_fill_(w.abs() <= c.eps, 0.0)
-                masks.weights[name] = w != 0
-                masks.patterns[name] = "unstructured"
-        return merge(masks, masks_from_zeros(model, topo), _dead_inputs(model, topo))
+            structure = dead_structure(model, topo)
+        zero_masked(model, structure, topo)
+        masks = merge(structure)
+        for name, w in zip(names, weights, strict=True):
+            masks.weights[name] = w != 0
+            masks.patterns[name] = "unstructured"
+        return masks
 
 
 def _dead_inputs(model: nn.Module, topo: Topology) -> MaskSet:
