@@ -200,13 +200,13 @@ def export(
     typer.echo(f"wrote {path} ({info['exporter']} exporter, max |onnxruntime - torch| = {info['max_abs_diff']:.2e})")
 
 
-def _summary_table(summary: dict, main_metric: str) -> Table:
-    """Dense vs pruned quality, size and measured speed of one run."""
+def _summary_table(summary: dict, main_metric: str, method: str | None = None) -> Table:
+    """Dense vs pruned quality, size and measured speed of one run (start vs fine-tuned for plain fine-tuning)."""
     metrics = summary.get("metrics", {})
     table = Table(title=f"{summary.get('out_dir', '')}")
     table.add_column("")
-    table.add_column("dense")
-    table.add_column("pruned")
+    table.add_column("start" if method == "dense" else "dense")
+    table.add_column("fine-tuned" if method == "dense" else "pruned")
     for split in ("validation", "test"):
         dense = metrics.get("dense", {}).get(split, {}).get(main_metric)
         pruned = metrics.get(split, {}).get(main_metric)
@@ -246,8 +246,9 @@ def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_jso
     else:
         from prunekit.io import read_manifest
 
-        key = (read_manifest(summary["out_dir"]).task or {}).get("main_metric", "accuracy")
-        console.print(_summary_table(summary, key))
+        manifest = read_manifest(summary["out_dir"])
+        key = (manifest.task or {}).get("main_metric", "accuracy")
+        console.print(_summary_table(summary, key, manifest.method))
         console.print(f"run directory: {summary['out_dir']}  (report: {summary['out_dir']}/report.md)")
     return summary
 
