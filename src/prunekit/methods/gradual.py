@@ -19,7 +19,7 @@ from torch import nn
 from prunekit.errors import UsageError
 from prunekit.masks import LayerMask, MaskSet, element_masks, merge, zero_masked
 from prunekit.methods.base import Method, MethodConfig, register
-from prunekit.methods.magnitude import MagnitudeConfig, magnitude_masks
+from prunekit.methods.magnitude import MagnitudeConfig, check_scope, magnitude_masks
 from prunekit.patterns import check_sparsity, parse_pattern
 from prunekit.topology import Topology, get_module, weight_view
 
@@ -171,12 +171,7 @@ class GradualMagnitudeConfig(ScheduleConfig):
     def _pattern(cls, v: str | list[str]) -> list[str]:
         return normalize_patterns(v, ("unstructured", "nm", "block", "head", "neuron", "row"))
 
-    @field_validator("scope")
-    @classmethod
-    def _scope(cls, v: str) -> str:
-        if v not in ("global", "layer"):
-            raise ValueError("scope must be 'global' or 'layer'")
-        return v
+    _scope = field_validator("scope")(check_scope)
 
 
 @register

@@ -26,6 +26,13 @@ from prunekit.patterns import (
 from prunekit.topology import Topology, describe, get_module, weight_view
 
 
+def check_scope(v: str) -> str:
+    """global ranks across all layers, layer within each (shared by every method with a `scope` field)."""
+    if v not in ("global", "layer"):
+        raise ValueError("scope must be 'global' or 'layer'")
+    return v
+
+
 class MagnitudeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pattern: str = "unstructured"
@@ -45,12 +52,7 @@ class MagnitudeConfig(BaseModel):
     def _sparsity(cls, v: float) -> float:
         return check_sparsity(v)
 
-    @field_validator("scope")
-    @classmethod
-    def _scope(cls, v: str) -> str:
-        if v not in ("global", "layer"):
-            raise ValueError("scope must be 'global' or 'layer'")
-        return v
+    _scope = field_validator("scope")(check_scope)
 
 
 def _head_scores(model: nn.Module, topo: Topology) -> list[torch.Tensor]:

@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 from prunekit.masks import MaskSet, zero_masked
 from prunekit.methods.base import Method, register
 from prunekit.methods.gradual import GradualSchedule, ScheduleConfig, normalize_patterns
-from prunekit.methods.magnitude import _counts, _gqa_heads
+from prunekit.methods.magnitude import _counts, _gqa_heads, check_scope
 from prunekit.patterns import check_block, kept_count, nm_mask, parse_pattern, topk_mask
 from prunekit.topology import Topology, get_module, weight_view
 from prunekit.topology.base import is_conv1d
@@ -101,12 +101,7 @@ class MovementConfig(ScheduleConfig):
     def _pattern(cls, v: str | list[str]) -> list[str]:
         return normalize_patterns(v, ("unstructured", "nm", "block", "head", "neuron"))
 
-    @field_validator("scope")
-    @classmethod
-    def _scope(cls, v: str) -> str:
-        if v not in ("global", "layer"):
-            raise ValueError("scope must be 'global' or 'layer'")
-        return v
+    _scope = field_validator("scope")(check_scope)
 
 
 # (module name, block index, parametrization) for each targeted weight of one pattern
