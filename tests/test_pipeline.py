@@ -64,6 +64,25 @@ def test_prune_recipe_end_to_end(tmp_path):
     assert "magnitude" in report and f"{manifest.metrics['test']['accuracy']:.4f}"[:4] in report
 
 
+def test_nm_run_is_saved_packed_and_every_command_reads_it(tmp_path):
+    recipe = _recipe(tmp_path, "asp, pattern: '2:4'")
+    out = tmp_path / "run"
+    _cli("prune", recipe, "--out", str(out), "--no-progress", "--set", "bench.enabled=false")
+    manifest = read_manifest(out)
+    assert manifest.weights_format == "nm" and set(manifest.patterns.values()) == {"2:4"}
+    assert (out / "model.nm.safetensors").exists() and not (out / "model.safetensors").exists()
+    assert (out / "model.nm.safetensors").stat().st_size < (out / "dense" / "model.safetensors").stat().st_size
+    evaluated = json.loads(_cli("evaluate", str(out), "--json").stdout)[0]
+    assert evaluated["accuracy"] == pytest.approx(manifest.metrics["test"]["accuracy"])
+    assert "max |onnxruntime - torch|" in _cli("export", str(out)).stdout
+    dense_copy = tmp_path / "plain"
+    _cli("compact", str(out), str(dense_copy), "--storage", "dense")  # back to a plain transformers folder
+    assert read_manifest(dense_copy).weights_format == "dense" and (dense_copy / "model.safetensors").exists()
+    a, b = prunekit.load(out), prunekit.load(dense_copy)
+    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2), k
+
+
 def test_existing_output_and_bad_resume_are_refused(tmp_path):
     recipe = _recipe(tmp_path, "dense")
     out = tmp_path / "run"

@@ -92,6 +92,7 @@ def compact_source(
     num_labels: int | None = None,
     overwrite: bool = False,
     trust_remote_code: bool = False,
+    storage: str = "auto",
 ) -> dict[str, Any]:
     """Prune by magnitude (if asked) and physically remove what is pruned; save a run directory.
 
@@ -118,6 +119,7 @@ def compact_source(
         out_dir,
         tokenizer,
         overwrite=overwrite,
+        storage=storage,
         source_model=source_model,
         source_fingerprint=manifest.source_fingerprint if manifest else source_fingerprint(source),
         method="magnitude" if prune else "compact",

@@ -112,12 +112,18 @@ def compact(
     num_labels: Annotated[int | None, typer.Option(help="Labels for a new classification head.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own code (off by default).")] = False,
+    storage: Annotated[
+        str,
+        typer.Option(help="auto: N:M weights saved as values + indices (smaller); dense: plain model.safetensors."),
+    ] = "auto",
 ) -> None:
     """Physically remove pruned heads, neurons, hidden rows and layers; save a run directory."""
     from prunekit.api import compact_source
 
     if scope not in ("global", "layer"):
         raise UsageError(f"--scope '{scope}' is not global or layer")
+    if storage not in ("auto", "dense"):
+        raise UsageError(f"--storage '{storage}' is not auto or dense")
     result = compact_source(
         source,
         out,
@@ -127,6 +133,7 @@ def compact(
         num_labels=num_labels,
         overwrite=overwrite,
         trust_remote_code=trust_remote_code,
+        storage=storage,
     )
     typer.echo(f"wrote {result['out_dir']} (mask sparsity of block weights: {result['mask_sparsity']:.1%})")
 

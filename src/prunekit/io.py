@@ -1,6 +1,8 @@
 """Run directories: save a (pruned) model with its manifest, load it back with its per-layer shapes.
 
-Layout (see ARCHITECTURE.md): model.safetensors, config.json, tokenizer files, prunekit.json.
+Layout (see ARCHITECTURE.md): model.safetensors, config.json, tokenizer files, prunekit.json. A model with
+N:M-sparse modules stores model.nm.safetensors (values + in-group indices, see nm_storage) instead of
+model.safetensors unless dense storage is asked for: smaller on disk, loaded only by `load`.
 Everything is written into a temporary sibling and renamed at the end, so a failed save leaves
 nothing behind. Weights are only read with safetensors: loading never unpickles. A manifest is validated
 before use, its weights checksum is checked on load, and a path it names (data file, source model) is only
@@ -33,6 +35,7 @@ from prunekit.structure import plain_loadable, rebuild, structure
 MANIFEST = "prunekit.json"
 WEIGHTS = "model.safetensors"
 MANIFEST_VERSION = 1
+Storage = Literal["auto", "dense"]
 
 
 class LayerEntry(BaseModel):
@@ -67,7 +70,8 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     created: str = ""
-    weights_sha256: str | None = None  # of model.safetensors, checked on load
+    weights_sha256: str | None = None  # of the weights file, checked on load
+    weights_format: Literal["dense", "nm"] = "dense"  # nm: N:M modules packed in model.nm.safetensors
     source_fingerprint: str | None = None  # of source_model when it is a folder (see `fingerprint`)
 
 
@@ -188,19 +192,32 @@ def build_manifest(model: nn.Module, **fields: Any) -> Manifest:
     )
 
 
-def write_model(model: nn.Module, folder: Path, tokenizer=None, **manifest_fields: Any) -> Manifest:
+def write_model(
+    model: nn.Module, folder: Path, tokenizer=None, *, storage: Storage = "auto", **manifest_fields: Any
+) -> Manifest:
     """Write model, tokenizer and manifest into an existing folder; the manifest last and atomically, so a
-    folder with a manifest holds a complete model."""
+    folder with a manifest holds a complete model. `storage`: "auto" packs N:M modules (the manifest's
+    `patterns`) into model.nm.safetensors, "dense" always writes plain model.safetensors."""
+    from prunekit.nm_storage import NM_WEIGHTS, has_nm, save_nm_compressed
     from prunekit.train.checkpoint import fault_point
 
     manifest = build_manifest(model, **manifest_fields)
     folder = Path(folder)
-    model.save_pretrained(folder, safe_serialization=True)
+    packed = storage == "auto" and has_nm(manifest.patterns)
+    if packed:
+        model.config.save_pretrained(folder)
+        if getattr(model, "generation_config", None) is not None and model.can_generate():
+            model.generation_config.save_pretrained(folder)
+        weights = save_nm_compressed(model, folder / NM_WEIGHTS, manifest.patterns)
+        manifest.weights_format, manifest.plain_loadable = "nm", False
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+        weights = folder / WEIGHTS
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     fault_point("save")
-    if (folder / WEIGHTS).exists():
-        manifest.weights_sha256 = sha256_file(folder / WEIGHTS)
+    if weights.exists():
+        manifest.weights_sha256 = sha256_file(weights)
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(manifest.model_dump_json(indent=2))
     os.replace(tmp, folder / MANIFEST)
@@ -208,11 +225,17 @@ def write_model(model: nn.Module, folder: Path, tokenizer=None, **manifest_field
 
 
 def save(
-    model: nn.Module, out_dir: str | Path, tokenizer=None, *, overwrite: bool = False, **manifest_fields: Any
+    model: nn.Module,
+    out_dir: str | Path,
+    tokenizer=None,
+    *,
+    overwrite: bool = False,
+    storage: Storage = "auto",
+    **manifest_fields: Any,
 ) -> Path:
     """Save a run directory atomically; refuses an existing directory unless `overwrite`."""
     with staged_dir(out_dir, overwrite) as tmp:
-        write_model(model, tmp, tokenizer, **manifest_fields)
+        write_model(model, tmp, tokenizer, storage=storage, **manifest_fields)
     return Path(out_dir)
 
 
@@ -262,17 +285,22 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", with_tokeni
     from transformers import AutoConfig
 
     run_dir = Path(run_dir)
+    from prunekit.nm_storage import NM_WEIGHTS, decompress_state, read_nm_file
+
     manifest = read_manifest(run_dir)
-    weights = run_dir / WEIGHTS
+    weights = run_dir / (NM_WEIGHTS if manifest.weights_format == "nm" else WEIGHTS)
     if not weights.exists():
-        raise UsageError(f"'{run_dir}' has no {WEIGHTS}: the run did not finish; re-run it")
+        raise UsageError(f"'{run_dir}' has no {weights.name}: the run did not finish; re-run it")
     if manifest.weights_sha256 is not None and sha256_file(weights) != manifest.weights_sha256:
         raise PrunekitError(
             f"{weights} is corrupt or truncated (checksum differs from the manifest's); restore it or re-run the job"
         )
     try:
-        state = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as exc:
+        if manifest.weights_format == "nm":
+            state = decompress_state(*read_nm_file(weights))
+        else:
+            state = load_file(weights)
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise PrunekitError(f"{weights} is corrupt or truncated ({exc}); restore it or re-run the job") from exc
     if not (run_dir / "config.json").is_file():
         raise UsageError(

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -26,6 +26,11 @@ NM_WEIGHTS = "model.nm.safetensors"
 _META_KEY = "prunekit_nm"
 
 
+def is_nm(weight: torch.Tensor, n: int, m: int) -> bool:
+    """At most N non-zeros in each group of M consecutive inputs of an (out, in) weight (in % M == 0)."""
+    return bool(((weight.reshape(weight.shape[0], -1, m) != 0).sum(-1) <= n).all())
+
+
 def pack_nm(weight: torch.Tensor, n: int, m: int) -> dict[str, torch.Tensor]:
     """Values and in-group positions of an N:M-sparse (out, in) weight (in % M == 0). Groups with fewer than N
     non-zeros store some zeros; a group with more than N non-zeros is not N:M and is refused."""
@@ -34,7 +39,7 @@ def pack_nm(weight: torch.Tensor, n: int, m: int) -> dict[str, torch.Tensor]:
         raise UsageError(f"cannot pack {n}:{m} into a weight with {in_f} inputs: need 0 < N < M <= 256, M | inputs")
     groups = weight.reshape(out_f, in_f // m, m)
     nonzero = groups != 0
-    if bool((nonzero.sum(-1) > n).any()):
+    if not is_nm(weight, n, m):
         raise UsageError(f"weight is not {n}:{m} sparse: some group of {m} inputs has more than {n} non-zeros")
     # non-zeros first, then the lowest positions: a stable, deterministic choice of N slots per group
     order = torch.sort((~nonzero).to(torch.uint8), dim=-1, stable=True).indices[..., :n]
@@ -61,7 +66,8 @@ def _nm_of(pattern: str) -> tuple[int, int] | None:
 
 
 def compress_state(model: nn.Module, patterns: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """The model's state dict with each N:M module's weight replaced by its packed tensors, and the layout."""
+    """The model's state dict with each N:M module's weight replaced by its packed tensors, and the layout.
+    A module named N:M whose weight is not (any more) N:M-sparse is kept dense: storage never changes values."""
     state, seen = {}, set()
     for k, v in model.state_dict().items():
         ptr = (v.device, v.data_ptr(), tuple(v.shape))
@@ -81,6 +87,9 @@ def compress_state(model: nn.Module, patterns: dict[str, str]) -> tuple[dict[str
         w = w.T if transposed else w
         n, m = nm
         body = w.shape[1] - w.shape[1] % m
+        if not is_nm(w[:, :body], n, m):  # no longer N:M (e.g. trained densely since): stored as it is
+            state[key] = w.T.contiguous() if transposed else w
+            continue
         packed = pack_nm(w[:, :body], n, m)
         state[f"{key}.nm_values"], state[f"{key}.nm_indices"] = packed["values"], packed["indices"]
         if body < w.shape[1]:
@@ -112,16 +121,26 @@ def save_nm_compressed(model: nn.Module, path: str | Path, patterns: dict[str, s
     return path
 
 
+def read_nm_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """The packed tensors and the layout of a `save_nm_compressed` file."""
+    with safe_open(str(path), framework="pt") as fh:
+        layout = json.loads((fh.metadata() or {}).get(_META_KEY, "{}"))
+    return load_file(str(path)), layout
+
+
+def has_nm(patterns: dict[str, str] | None) -> bool:
+    """Whether any module of a manifest's pattern map is N:M, i.e. whether compressed storage can save disk."""
+    return any(_nm_of(p) is not None for p in (patterns or {}).values())
+
+
 def load_nm_compressed(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a `save_nm_compressed` file into `model` (strict: every key must match), in place."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            layout = json.loads((fh.metadata() or {}).get(_META_KEY, "{}"))
-        state = load_file(str(path))
-    except (OSError, ValueError) as exc:
+        state = decompress_state(*read_nm_file(path))
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise PrunekitError(f"{path} is corrupt or truncated ({exc}); restore it or re-run the job") from exc
-    missing, unexpected = model.load_state_dict(decompress_state(state, layout), strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or {})
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:

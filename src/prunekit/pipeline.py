@@ -275,6 +275,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
         model,
         work,
         tok,
+        storage=recipe.storage,
         source_model=manifest.source_model if manifest else recipe.model,
         source_fingerprint=manifest.source_fingerprint if manifest else source_fingerprint(recipe.model),
         method=method.name,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -90,6 +90,8 @@ class Recipe(BaseModel):
     method: dict[str, Any] = {"name": "dense"}
     distill: DistillSpec | None = None
     bench: BenchSpec = BenchSpec()
+    # auto: N:M-sparse modules saved as values + indices (smaller; prunekit.load); dense: plain model.safetensors
+    storage: Literal["auto", "dense"] = "auto"
     trust_remote_code: bool = False
 
     @field_validator("method")
