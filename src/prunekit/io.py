@@ -296,10 +296,7 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", with_tokeni
             f"{weights} is corrupt or truncated (checksum differs from the manifest's); restore it or re-run the job"
         )
     try:
-        if manifest.weights_format == "nm":
-            state = decompress_state(*read_nm_file(weights))
-        else:
-            state = load_file(weights)
+        state = decompress_state(*read_nm_file(weights)) if manifest.weights_format == "nm" else load_file(weights)
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise PrunekitError(f"{weights} is corrupt or truncated ({exc}); restore it or re-run the job") from exc
     if not (run_dir / "config.json").is_file():
