@@ -397,6 +397,24 @@ def test_speedup_note_on_cpu_says_no_speedup():
     assert "no speedup on this device" in NO_SPEEDUP and not semi_structured_available("cpu")
 
 
+@pytest.mark.skipif(semi_structured_available(), reason="on a 2:4-capable GPU the note does not apply")
+def test_bench_and_report_say_nm_gives_no_speedup_here():
+    from rich.console import Console
+
+    from prunekit.bench import bench, format_bench
+    from prunekit.report.markdown import _bench_section
+
+    model, patterns = _nm_model("bert")
+    kw = dict(grid=((1, 8),), warmup=0, repeats=1, memory=False)
+    result = bench(model.eval(), tiny_model("bert").eval(), patterns=patterns, **kw)
+    assert result["notes"] == [NO_SPEEDUP]
+    assert bench(model, tiny_model("bert").eval(), patterns={"x": "head"}, **kw)["notes"] == []
+    console = Console(width=200, record=True)
+    console.print(format_bench(result))
+    assert "no speedup on this device" in console.export_text()
+    assert any("no speedup on this device" in line for line in _bench_section(result))
+
+
 @pytest.mark.skipif(not semi_structured_available(), reason="needs a CUDA GPU with compute capability 8.0+")
 def test_semi_structured_linears_match_dense():
     from prunekit.kernels.semi_structured import benchmark_semi_structured, to_semi_structured

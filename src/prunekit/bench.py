@@ -376,9 +376,11 @@ def bench(
     device: str | torch.device = "cpu",
     memory: bool = True,
     seed: int = 0,
+    patterns: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Compare a pruned model with its dense reference (both already on `device`) on a grid of
     (batch, seq_len): parameters, FLOPs per token, latency, throughput and peak memory.
+    `patterns` (module -> pattern, as in a manifest) adds a note when N:M sparsity cannot run faster here.
 
     Ratios are pruned/dense for parameters, FLOPs and memory, and dense/pruned median latency (`speedup`).
     Latency repeats alternate between the two models (in ABBA order) so drift hits both alike.
@@ -403,6 +405,7 @@ def bench(
         "flops_per_token": [],
         "latency": [],
         "memory": None,
+        "notes": _notes(patterns, device),
     }
     for seq_len in sorted({s for _, s in grid}):
         dense, pruned = flops_per_token(reference, seq_len), flops_per_token(model, seq_len)
@@ -445,6 +448,16 @@ def bench(
     return result
 
 
+def _notes(patterns: dict[str, str] | None, device: str | torch.device) -> list[str]:
+    """What a reader of the numbers must know: N:M zeros are multiplied like any weight on most devices."""
+    from prunekit.kernels.semi_structured import nm_speedup_note, semi_structured_available
+    from prunekit.nm_storage import has_nm
+
+    if has_nm(patterns) and not semi_structured_available(device):
+        return [nm_speedup_note(device)]
+    return []
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -465,7 +478,9 @@ def format_bench(result: dict[str, Any]) -> Table:
     """A rich Table of a `bench` result: metric, dense, pruned, ratio (pruned/dense, except speedup)."""
     from rich.table import Table
 
-    table = Table(title=f"prunekit bench ({result['device']}, {result['threads']} threads)")
+    notes = result.get("notes") or []
+    table = Table(title=f"prunekit bench ({result['device']}, {result['threads']} threads)",
+                  caption="\n".join(notes) or None)  # fmt: skip
     for col in ("metric", "dense", "pruned", "ratio"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     p = result["params"]

@@ -178,6 +178,7 @@ def bench(
         threads=threads,
         device=device,
         memory=memory,
+        patterns=read_manifest(run_dir).patterns,
     )
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -231,6 +232,8 @@ def _summary_table(summary: dict, main_metric: str, method: str | None = None) -
             f"{point['dense']['median_ms']:.1f} ms",
             f"{point['pruned']['median_ms']:.1f} ms ({point['speedup']:.2f}x)",
         )
+    if bench.get("notes"):
+        table.caption = "\n".join(bench["notes"])
     return table
 
 

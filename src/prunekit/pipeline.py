@@ -252,7 +252,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
         "metrics": metrics,
     }
     if recipe.bench.enabled:
-        summary["bench"] = _bench(model, dense_reference, recipe)
+        summary["bench"] = _bench(model, dense_reference, recipe, masks.patterns if masks is not None else None)
     timings["total_s"] = round(time.perf_counter() - t0, 2)
     from prunekit.catalog.datasets import DATASETS, split_recipe
 
@@ -387,7 +387,7 @@ def _fmt(metrics: dict, key: str) -> str:
     return ", ".join(parts)
 
 
-def _bench(model: nn.Module, reference: nn.Module, recipe: Recipe) -> dict:
+def _bench(model: nn.Module, reference: nn.Module, recipe: Recipe, patterns: dict[str, str] | None = None) -> dict:
     from prunekit.bench import bench
 
     b = recipe.bench
@@ -399,6 +399,7 @@ def _bench(model: nn.Module, reference: nn.Module, recipe: Recipe) -> dict:
         repeats=b.repeats,
         threads=b.threads,
         memory=False,
+        patterns=patterns,
     )
 
 

@@ -246,6 +246,8 @@ def _bench_section(bench: Any) -> list[str]:
     if bench.get("repeats"):
         setup.append(f"{bench.get('warmup', '-')} warm-up + {bench['repeats']} timed runs per point")
     out += ["Setup: " + ", ".join(setup) + ".", ""]
+    out += [f"**Note:** {note}." for note in bench.get("notes") or [] if isinstance(note, str)]
+    out += [""] if bench.get("notes") else []
     rows = []
     params = bench.get("params") or {}
     for key in ("total", "blocks", "embeddings", "head"):
