@@ -400,6 +400,77 @@ def compare(
         typer.echo(f"wrote {result['markdown']} and {result['plot']}")
 
 
+@app.command()
+def search(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML with method: {name: nas} and a search: section.")],
+    out: Annotated[str | None, typer.Option(help="Search directory to write (default: runs/RECIPE-NAME).")] = None,
+    overrides: Overrides = None,
+    extract_points: Annotated[
+        list[int] | None, typer.Option("--extract", help="Also extract Pareto point K into OUT/point-K (repeatable).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """NAS structural pruning: train a weight-sharing super-network, search its Pareto set of sub-networks."""
+    from pathlib import Path
+
+    from prunekit.nas.run import extract, run_search
+    from prunekit.recipe import load_recipe
+
+    r = load_recipe(recipe, overrides)
+    log = (lambda *_: None) if as_json else (lambda msg: err.print(msg, highlight=False))
+    summary = run_search(r, out or f"runs/{Path(recipe).stem}", overwrite=overwrite, progress=progress, log=log)
+    for k in extract_points or []:
+        summary.setdefault("extracted", []).append(
+            extract(summary["out_dir"], k, Path(summary["out_dir"]) / f"point-{k}", progress=progress)["out_dir"]
+        )
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        console.print(_pareto_table(Path(summary["out_dir"])))
+        console.print(f"search directory: {summary['out_dir']}  (pareto.json, pareto.png)")
+
+
+def _pareto_table(search_dir) -> Table:
+    data = json.loads((search_dir / "pareto.json").read_text())
+    key = data["metric"]
+    table = Table(title=f"Pareto front: hypervolume {data['hypervolume']:.4f} (reference {data['reference_point']})")
+    for col in ("point", f"{data['objective']} (rel.)", f"validation {key}", f"test {key}", "heads", "neurons"):
+        table.add_column(col)
+    table.add_row("dense", "1.000", f"{data['dense']['validation'][key]:.4f}", f"{data['dense']['test'][key]:.4f}",
+                  "", "")  # fmt: skip
+    for p in data["points"]:
+        s = p["structure"]
+        heads, neurons = " ".join(map(str, s["heads"])), " ".join(map(str, s["neurons"]))
+        table.add_row(str(p["index"]), f"{p['objectives'][1]:.3f}", f"{p['validation'][key]:.4f}",
+                      f"{p['test'][key]:.4f}", heads, neurons)  # fmt: skip
+    return table
+
+
+@app.command("extract")
+def extract_cmd(
+    search_dir: Annotated[str, typer.Argument(help="Directory `prunekit search` wrote.")],
+    point: Annotated[int, typer.Argument(help="Index of the Pareto point (see pareto.json / the search's table).")],
+    out: Annotated[str, typer.Argument(help="Run directory to write.")],
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the extracted model further (recipe's train).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Compact one Pareto point of a search into a run directory (evaluate / bench / export work on it)."""
+    from prunekit.nas.run import extract
+
+    if finetune_epochs < 0:
+        raise UsageError(f"--finetune-epochs {finetune_epochs} is negative: give 0 or more")
+    result = extract(search_dir, point, out, finetune_epochs=finetune_epochs, overwrite=overwrite, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        typer.echo(f"wrote {result['out_dir']} (point {point}: heads {result['structure']['heads']}, "
+                   f"neurons {result['structure']['neurons']})")  # fmt: skip
+
+
 def _one_line(exc: BaseException) -> str:
     """The error and its notes (e.g. that an interrupted run was kept for --resume) as one line."""
     text = " ".join(str(exc).split())

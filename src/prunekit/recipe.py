@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prunekit.errors import UsageError
 from prunekit.methods.base import create_method, explain
+from prunekit.nas.config import SearchSpec
 from prunekit.train.config import TrainConfig
 
 
@@ -90,6 +91,7 @@ class Recipe(BaseModel):
     method: dict[str, Any] = {"name": "dense"}
     distill: DistillSpec | None = None
     bench: BenchSpec = BenchSpec()
+    search: SearchSpec | None = None  # stage 2 of `prunekit search` (NAS structural pruning; method `nas`)
     # auto: N:M-sparse modules saved as values + indices (smaller; prunekit.load); dense: plain model.safetensors
     storage: Literal["auto", "dense"] = "auto"
     trust_remote_code: bool = False
