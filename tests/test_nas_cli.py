@@ -100,3 +100,54 @@ def test_search_refuses_bad_input_before_training(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_latency_objective_is_measured_on_the_compacted_candidate_once_and_a_supernet_is_reused(tmp_path, monkeypatch):
+    """In process, with the clock replaced by the candidate's parameter count: the latency objective must be
+    measured on the compacted sub-network, once per configuration; a second search reuses the first one's
+    super-network (stage 1 skipped) through a shared optuna study."""
+    import torch
+
+    from prunekit import bench
+    from prunekit.nas.run import extract, run_search
+    from prunekit.recipe import load_recipe
+
+    calls = []
+
+    def fake_latency(model, **kwargs):
+        calls.append(count_parameters(model)["total"])
+        return {"median_ms": float(calls[-1])}
+
+    monkeypatch.setattr(bench, "measure_latency", fake_latency)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        overrides = ["search.objective=latency", "search.baselines=[layers]", "train.max_steps=2", "search.budget=6"]
+        first = tmp_path / "first"
+        run_search(load_recipe(_recipe(tmp_path), overrides), first, progress=False, log=lambda *_: None)
+        pareto = json.loads((first / "pareto.json").read_text())
+        evals = [json.loads(x) for x in (first / "evaluations.jsonl").read_text().splitlines()]
+        # dense + 6 candidates + 1 baseline, each timed once; every cost is its compacted model's size
+        assert len(calls) == 1 + 6 + 1 and pareto["dense"]["cost"] == calls[0]
+        assert sorted(e["cost"] for e in evals) == sorted(calls[1:7]) and len(set(calls[1:7])) > 1
+        assert pareto["baselines"][0]["cost"] == calls[-1]
+
+        url = f"sqlite:///{tmp_path / 'study.db'}"
+        reuse = [f"search.supernet={first}", "search.searcher=nsga2", f"search.storage={url}", "search.study_name=s",
+                 "search.objective=params", "search.baselines=[]", "search.budget=4", "finetune.epochs=0"]  # fmt: skip
+        second = tmp_path / "second"
+        run_search(load_recipe(_recipe(tmp_path), reuse), second, progress=False, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(old)
+    again = [json.loads(x) for x in (second / "evaluations.jsonl").read_text().splitlines()]
+    full = pareto["space"]["highs"]
+    before = next(e for e in evals if e["config"] == full)
+    after = next(e for e in again if e["config"] == full)
+    assert after["validation"] == before["validation"]  # the same trained super-network
+    assert not (second / "supernet").exists()  # stage 1 skipped: the first search's super-network is used
+    extracted = extract(second, 0, tmp_path / "point", finetune_epochs=1, progress=False)
+    manifest = read_manifest(extracted["out_dir"])
+    assert manifest.extract["finetune_epochs"] == 1 and manifest.history  # fine-tuned further, evaluated
+    assert [e.heads for e in manifest.structure] == json.loads((second / "pareto.json").read_text())["points"][0][
+        "structure"
+    ]["heads"]

@@ -199,7 +199,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
 
     method = recipe.create_method()
     if spec.supernet is not None:
-        return _reuse(Path(spec.supernet), recipe, method)
+        return _reuse(_supernet_home(Path(spec.supernet)), recipe, method)
     model, tok, manifest = _load_start(recipe, task, task.num_labels(data))
     timings: dict[str, float] = {}
     if recipe.finetune is not None and recipe.finetune.epochs > 0:
@@ -249,6 +249,13 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
     (work / "supernet" / ORDER).write_text(json.dumps(order.to_json()))
     log(f"super-network trained ({res.steps} steps, strategy {method.config.strategy}, space {method.config.space})")
     return dense, supernet, method, order, tok
+
+
+def _supernet_home(src: Path) -> Path:
+    """The directory holding a search's supernet/ (a search that reused one points to where it lives)."""
+    if not (src / "supernet").exists() and (src / PARETO).exists():
+        return Path(json.loads((src / PARETO).read_text()).get("supernet_dir") or src)
+    return src
 
 
 def _reuse(src: Path, recipe: Recipe, method):
@@ -340,6 +347,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
         "points": points,
         "baselines": baselines,
         "recipe": recipe.model_dump(mode="json"),
+        "supernet_dir": str(_supernet_home(Path(spec.supernet)).resolve()) if spec.supernet else None,
     }
     (work / PARETO).write_text(json.dumps(summary, indent=1))
     with open(work / "evaluations.jsonl", "w") as fh:
@@ -470,7 +478,7 @@ def extract(
     from prunekit.topology import describe
 
     src = Path(search_dir)
-    if not (src / PARETO).exists() or not (src / "supernet" / ORDER).exists():
+    if not (src / PARETO).exists() or not (_supernet_home(src) / "supernet" / ORDER).exists():
         raise UsageError(
             f"'{src}' is not a search directory (no {PARETO} / supernet): give what `prunekit search` wrote"
         )
@@ -481,11 +489,12 @@ def extract(
     if not 0 <= index < len(points):
         raise UsageError(f"point {index} is not on the front: '{src}' has points 0..{len(points) - 1} (see {PARETO})")
     point = points[index]
-    model, tok = load(src / "supernet", with_tokenizer=True)
-    manifest = read_manifest(src / "supernet")
+    home = _supernet_home(src) / "supernet"
+    model, tok = load(home, with_tokenizer=True)
+    manifest = read_manifest(home)
     dense_params = sparsity_report(model)["params"]
     space = make_space(summary["space"]["name"], describe(model))
-    order = UnitOrder.from_json(json.loads((src / "supernet" / ORDER).read_text()))
+    order = UnitOrder.from_json(json.loads((home / ORDER).read_text()))
     masks = to_original(space.masks(tuple(point["config"])), order)
     compact(model, masks)
     recipe = Recipe.model_validate(manifest.recipe)
