@@ -129,7 +129,7 @@ def test_admm_on_a_quadratic_converges_to_the_projection(pattern, rho, growth):
     method = create_method("admm", config)
     method.attach(model, _toy_topo())
     w = model.lin.weight
-    assert torch.equal(method.z["lin"], nm_project(a, n, m)) and torch.allclose(method.u["lin"], a - method.z["lin"])
+    assert torch.equal(method.z["lin"], nm_project(a, n, m)) and not method.u["lin"].any()
     opt = torch.optim.SGD([w], lr=0.05)
     for k in range(1, 61):
         for _ in range(40):  # (nearly) exact W-step
@@ -149,6 +149,23 @@ def test_admm_on_a_quadratic_converges_to_the_projection(pattern, rho, growth):
     assert torch.allclose(w.detach(), target, atol=1e-2)
     if growth > 1:
         assert method.rho == 10.0  # grown to the cap
+
+
+def test_first_admm_steps_pull_the_pruned_weights_to_zero_and_keep_the_pattern():
+    """The penalty's gradient at W0 is rho * (W0 - Pi(W0)): nothing on kept weights, towards zero (never past it)
+    on pruned ones; and a Z/U update before W has moved keeps Pi(W0)'s pattern."""
+    torch.manual_seed(2)
+    a = torch.randn(8, 16)
+    model = _Toy(a)
+    method = create_method("admm", {"rho": 0.1})
+    method.attach(model, _toy_topo())
+    w = model.lin.weight
+    method.loss_terms(model, {}, None)["admm"].backward()
+    keep = nm_mask(a, 2, 4)
+    assert torch.allclose(w.grad, 0.1 * (a - nm_project(a, 2, 4)))
+    assert not w.grad[keep].any() and bool((w.grad[~keep] * a[~keep] >= 0).all())
+    method.admm_update(1)
+    assert torch.equal(method.z["lin"] != 0, keep)
 
 
 def test_rho_growth_rescales_the_scaled_dual():
@@ -278,7 +295,7 @@ def test_trainer_runs_admm_to_an_nm_model(tmp_path):
     )
     task = get_task(kind)
     model, tok = load_model(str(tiny_bert_dir(tmp_path)), num_labels=2)
-    method = create_method("admm", {"pattern": "2:4", "rho": 0.5, "admm_interval": 3, "end": 0.75})
+    method = create_method("admm", {"pattern": "2:4", "rho": 2.0, "rho_growth": 1.5, "admm_interval": 3, "end": 0.75})
     cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, max_length=16, log_every=1, warmup_ratio=0.0)
     trainer = Trainer(model, tok, task, data, method=method, config=cfg, work_dir=tmp_path / "w", progress=False)
     res = trainer.fit()

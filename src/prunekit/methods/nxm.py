@@ -124,11 +124,14 @@ class Admm(Method):
             for p in model.parameters():
                 if id(p) not in keep:
                     p.requires_grad_(False)
-        with torch.no_grad():  # Z = Pi(W0), U = W0 - Z
+        # Z = Pi(W0), U = 0 (standard scaled ADMM). U = W0 - Z, as METHODS.md first had it, makes the first
+        # W-steps aim at 2 Pi(W0) - W0 (past zero) and the next Z = Pi(W + U) favour the small weights, whose
+        # values it doubled: Z's pattern flips and the primal residual grows instead of falling.
+        with torch.no_grad():
             for name in self.targets:
                 w = self._w(name).detach().float()
                 self.z[name] = self._project(w)
-                self.u[name] = w - self.z[name]
+                self.u[name] = torch.zeros_like(w)
 
     def _w(self, name: str) -> torch.Tensor:
         return weight_view(get_module(self.model, name))
