@@ -217,13 +217,16 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
         permute(model, topo, order)
     timings["reorder_s"] = round(time.perf_counter() - t0, 2)
     teacher, distill = _teacher(recipe, dense, task)
+    cfg = recipe.train
+    if "select_best" not in cfg.model_fields_set:  # the full network's best epoch is not the super-network's
+        cfg = cfg.model_copy(update={"select_best": False})
     res = train(
         model.train(),
         tok,
         task,
         data,
         method=method,
-        config=recipe.train,
+        config=cfg,
         work_dir=work,
         teacher=teacher,
         distill=distill,
