@@ -10,7 +10,9 @@ import sys
 import pytest
 
 import prunekit
+from prunekit.api import evaluate_run
 from prunekit.bench import count_parameters
+from prunekit.errors import UsageError
 from prunekit.io import read_manifest
 from prunekit.nas.pareto import dominates, hypervolume, pareto_mask
 from train_fixtures import sentiment_csv, tiny_bert_dir
@@ -43,6 +45,8 @@ def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def test_search_writes_the_pareto_set_and_extracts_points(tmp_path):
+    from prunekit.nas.run import extract
+
     recipe = _recipe(tmp_path)
     out = tmp_path / "search"
     summary = json.loads(_cli("search", recipe, "--out", out, "--no-progress", "--json", "--extract", "0").stdout)
@@ -81,11 +85,16 @@ def test_search_writes_the_pareto_set_and_extracts_points(tmp_path):
         kept = [e.heads if e.attention != "dropped" else 0 for e in manifest.structure]
         assert kept == point["structure"]["heads"]
         assert count_parameters(model)["total"] == point["cost"]  # objective params: the compacted model's count
-        evaluated = json.loads(_cli("evaluate", run, "--json").stdout)[0]
+        evaluated = json.loads(_cli("evaluate", run, "--json").stdout)[0] if k else evaluate_run(str(run))
         assert evaluated["accuracy"] == pytest.approx(point["test"]["accuracy"])  # what the search measured
+    run = out / "point-0"  # the other commands read it too (the smallest point: zero-width layers included)
+    args = ("--batch", "2", "--seq", "16", "--repeats", "1", "--warmup", "0", "--no-memory", "--json")
+    assert json.loads(_cli("bench", run, *args).stdout)["latency"][0]["speedup"] > 0
+    assert "max |onnxruntime - torch|" in _cli("export", run).stdout
 
-    proc = _cli("extract", out, "99", tmp_path / "bad", check=False)
-    assert proc.returncode == 2 and "not on the front" in proc.stderr and not (tmp_path / "bad").exists()
+    with pytest.raises(UsageError, match=f"point 99 is not on the front: '{out}' has points 0..{last}"):
+        extract(out, 99, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_search_refuses_bad_input_before_training(tmp_path):
