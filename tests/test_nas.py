@@ -454,7 +454,8 @@ def test_trainer_forward_runs_the_step_sub_network_and_evaluation_the_full_one()
     assert (full - train_out).abs().max() > 1e-4
     method.load_state_dict(method.state_dict() | {"step": 7})
     assert method._step == 7
-    assert method.finalize(model) is None
+    with pytest.warns(UserWarning, match="super-network only"):
+        assert method.finalize(model) is None
     torch.testing.assert_close(model.train()(**x).logits, plain)  # hooks gone: the plain super-network
 
 
@@ -463,3 +464,33 @@ def test_bad_strategy_is_a_usage_error():
 
     with pytest.raises(UsageError, match="unknown training strategy 'greedy'"):
         create_method("nas", {"strategy": "greedy"})
+
+
+def test_in_place_distillation_is_t2_kl_to_the_full_networks_logits():
+    import torch.nn.functional as F
+
+    model, method = _nas("kd", num_random=1, temperature=2.0)
+    x = tiny_inputs("bert") | {"labels": torch.tensor([0, 1])}
+    full = model(**x)
+    full.logits.retain_grad()
+    terms = method.loss_terms(model, x, full)
+    ((_, masks),) = method.plan(0)[1:]
+    with method.use(masks):
+        sub = model(**x).logits
+    t = F.softmax(full.logits.detach() / 2, -1)
+    expected = 4 * (t * (t.log() - F.log_softmax(sub / 2, -1))).sum(-1).mean()
+    torch.testing.assert_close(terms["sub_random"], expected)
+    terms["sub_random"].backward()
+    assert full.logits.grad is None  # no gradient reaches the teacher side (the full network's logits)
+
+
+def test_sub_networks_are_a_function_of_seed_and_step():
+    _, a = _nas("sandwich", seed=3)
+    _, b = _nas("sandwich", seed=3)
+    _, c = _nas("sandwich", seed=4)
+
+    def heads(method, step):
+        return [torch.cat([lm.heads for lm in m.layers.values()]).tolist() for _, m in method.plan(step)[1:]]
+
+    assert heads(a, 11) == heads(b, 11)  # a resumed run trains the same sub-networks
+    assert heads(a, 11) != heads(c, 11) and heads(a, 11) != heads(a, 12)

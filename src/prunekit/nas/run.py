@@ -357,6 +357,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
         for ev in evals:
             fh.write(json.dumps({"config": list(ev.config), "objectives": list(ev.objectives), **ev.info}) + "\n")
     plot_pareto(summary, [e.objectives for e in evals], work / "pareto.png")
+    (work / "report.md").write_text(search_report(summary, work.name.removeprefix(".").removesuffix(".partial")))
     method.remove()
     log(f"front of {len(points)} points from {len(evals)} evaluations, hypervolume {hv:.4f} (reference {reference})")
     return {"points": len(points), "evaluations": len(evals), "hypervolume": hv}
@@ -408,6 +409,40 @@ def _baselines(recipe, spec, dense, data, task, tok, costs, dense_cost, err, dev
                 }
             )
     return out
+
+
+def search_report(summary: dict, name: str) -> str:
+    """The front and the baselines as Markdown tables, with the hypervolume and its reference point."""
+    from prunekit.report.markdown import table
+
+    key, obj = summary["metric"], summary["objective"]
+    fmt = lambda m: f"{m[key]:.4f}"  # noqa: E731
+    layers = lambda s: " ".join(map(str, s["heads"])) + " / " + " ".join(map(str, s["neurons"]))  # noqa: E731
+    lines = [
+        f"# prunekit search: {name}",
+        "",
+        f"{summary['evaluations']} sub-networks evaluated by `{summary['searcher']}` (budget {summary['budget']}, "
+        f"seed {summary['seed']}) on the validation split; objectives {summary['objectives'][0]} and "
+        f"{summary['objectives'][1]}. Hypervolume of the front: **{summary['hypervolume']:.4f}**, reference "
+        f"point {summary['reference_point']} in those normalised objectives.",
+        "",
+        "![Pareto front](pareto.png)",
+        "",
+        "## Pareto front",
+        "",
+    ]
+    header = ["point", f"{obj} (rel.)", f"validation {key}", f"test {key}", "heads / neurons per layer"]
+    rows = [["dense", "1.000", fmt(summary["dense"]["validation"]), fmt(summary["dense"]["test"]), ""]]
+    rows += [[p["index"], f"{p['objectives'][1]:.3f}", fmt(p["validation"]), fmt(p["test"]), layers(p["structure"])]
+             for p in summary["points"]]  # fmt: skip
+    lines += table(header, rows, right={1, 2, 3})
+    if summary["baselines"]:
+        lines += ["", "## Baselines (on the dense fine-tuned model)", ""]
+        rows = [[f"{LABELS[b['name']]}, {b['size']:.0%} removed", f"{b['objectives'][1]:.3f}", fmt(b["validation"]),
+                 fmt(b["test"]), layers(b["structure"])] for b in summary["baselines"]]  # fmt: skip
+        lines += table(["baseline", *header[1:]], rows, right={1, 2, 3})
+    lines += ["", "`prunekit extract SEARCH_DIR POINT OUT` makes a run directory of a point.", ""]
+    return "\n".join(lines)
 
 
 LABELS = {"heads": "head pruning (Michel et al.)", "layers": "layer dropping", "magnitude": "magnitude heads+neurons"}

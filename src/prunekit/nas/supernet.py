@@ -170,6 +170,13 @@ class NAS(Method):
 
     def finalize(self, model: nn.Module) -> MaskSet | None:
         """Trained alone (`prunekit prune`), the result is the full super-network: hooks off, nothing to cut."""
+        import warnings
+
+        warnings.warn(
+            "method 'nas' trains the weight-sharing super-network only (saved whole): run `prunekit search` "
+            "for its Pareto set of sub-networks",
+            stacklevel=2,
+        )
         self.remove()
         return None
 
