@@ -151,6 +151,32 @@ def test_admm_on_a_quadratic_converges_to_the_projection(pattern, rho, growth):
         assert method.rho == 10.0  # grown to the cap
 
 
+def test_proximal_w_step_on_a_quadratic_converges_to_the_projection():
+    """The same problem with the penalty applied as its proximal step after each (task-only) gradient step."""
+    torch.manual_seed(0)
+    a = torch.randn(6, 16)
+    model = _Toy(a)
+    method = create_method("admm", {"rho": 1.0, "w_step": "proximal", "pull": 0.2, "admm_interval": 40})
+    method.attach(model, _toy_topo())
+    w = model.lin.weight
+    assert method.loss_terms(model, {}, None) == {}
+    opt = torch.optim.SGD([w], lr=0.05)
+    for step in range(1, 2401):
+        loss = (w - a).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        before = w.detach().clone()
+        method.on_step(step, 10**6)
+        if step == 1:  # one proximal move: exactly `pull` of the way to Z - U
+            target = method.z["lin"] - method.u["lin"]
+            assert torch.allclose(w.detach(), before - 0.2 * (before - target), atol=1e-6)
+    history = [e["primal_residual"] for e in method.residual_history]
+    assert history[-1] < 1e-3 * history[0], history
+    assert torch.allclose(method.z["lin"], nm_project(a, 2, 4), atol=1e-3)
+    assert torch.allclose(w.detach(), nm_project(a, 2, 4), atol=1e-2)
+
+
 def test_first_admm_steps_pull_the_pruned_weights_to_zero_and_keep_the_pattern():
     """The penalty's gradient at W0 is rho * (W0 - Pi(W0)): nothing on kept weights, towards zero (never past it)
     on pruned ones; and a Z/U update before W has moved keeps Pi(W0)'s pattern."""

@@ -62,6 +62,12 @@ class AdmmConfig(MethodConfig):
 
     pattern: str = "2:4"  # N:M, keep N of every M consecutive inputs
     rho: float = Field(default=1e-3, gt=0)  # penalty weight (paper grid 1e-3, 4e-3, 1e-2)
+    # loss: (rho/2)||W - Z + U||^2 is a loss term the optimizer sees (the paper). proximal: after each optimizer
+    # step W moves a fraction `pull` of the way to Z - U (the penalty's proximal step), so the W-step converges
+    # in a few hundred steps whatever the optimizer's step size; through Adam the loss form moves W by at most
+    # ~lr per step, far too little for short budgets (measured in docs/results.md).
+    w_step: Literal["loss", "proximal"] = "loss"
+    pull: float = Field(default=0.01, gt=0, le=1)  # proximal: fraction per step (grows with rho when it grows)
     rho_growth: float = Field(default=1.0, ge=1.0)  # rho *= rho_growth at every Z/U update (1: constant)
     rho_max: float | None = Field(default=None, gt=0)  # cap for the grown rho
     admm_interval: Literal["epoch"] | int = "epoch"  # Z/U update: at each epoch's end, or every N steps
@@ -151,7 +157,7 @@ class Admm(Method):
     # ------------------------------------------------------------------ the W-step's penalty
 
     def loss_terms(self, model: nn.Module, batch: dict, outputs: Any) -> dict[str, torch.Tensor]:
-        if self.pruned or not self.targets:
+        if self.pruned or not self.targets or self.config.w_step == "proximal":
             return {}
         total = None
         for name in self.targets:
@@ -162,6 +168,16 @@ class Admm(Method):
         return {"admm": 0.5 * self.rho * total}
 
     # ------------------------------------------------------------------ Z/U updates and the hard prune
+
+    @torch.no_grad()
+    def proximal_step(self) -> None:
+        """W <- W - pull * (W - Z + U): the exact minimiser of (rho/2)||W - Z + U||^2 + ||W - W_t||^2 / (2 eta)
+        for pull = eta * rho / (1 + eta * rho), applied after the optimizer's step on the task loss."""
+        pull = min(self.config.pull * self.rho / self.config.rho, 1.0)
+        for name in self.targets:
+            w = self._w(name)
+            z, u = self._on(self.z, name, w.device), self._on(self.u, name, w.device)
+            w.sub_((pull * (w.float() - z + u)).to(w.dtype))
 
     @torch.no_grad()
     def primal_residuals(self) -> dict[str, float]:
@@ -230,6 +246,8 @@ class Admm(Method):
         if step >= self.config.end * max(int(total_steps), 1):
             self.hard_prune(step)
             return {"hard_prune": 1.0, "rho": self.rho}
+        if self.config.w_step == "proximal":
+            self.proximal_step()
         logged: dict[str, float] = {}
         if isinstance(self.config.admm_interval, int) and step - self.last_update >= self.config.admm_interval:
             logged = self.admm_update(step)
