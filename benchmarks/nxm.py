@@ -4,8 +4,9 @@ Every pruned run starts from the same dense fine-tuned run (the suite's first ru
 same number of epochs with the same learning rate and evaluates on the same seeded test split:
 - `asp`: one-shot magnitude N:M of the fine-tuned weights, masked fine-tuning for all epochs (the paper's baseline);
 - `admm`: ADMM towards N:M for the first `--admm-end` of the steps (Z/U every `--admm-interval` steps), hard prune,
-  masked fine-tuning for the rest; no teacher;
-- `admm-kd`: the same with logits distillation from the dense run (alpha 0.5, T 2).
+  masked fine-tuning for the rest; no teacher; the W-step's penalty as its proximal step (`w_step: proximal`);
+- `admm-kd`: the same with logits distillation from the dense run (alpha 0.5, T 2);
+- `admm-loss`: `admm` with the paper's W-step (the penalty as a loss term through AdamW), no teacher.
 Each run is `prunekit prune RECIPE` on a recipe this script writes into OUT/recipes/ (so every number is
 reproducible from its recipe); finished runs are skipped and interrupted ones resumed, so re-running the command
 continues. The table at the end is `prunekit compare` over the runs.
@@ -35,7 +36,9 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     dense_dir = str(Path(args.out) / "dense")
     pruned_train = {"epochs": args.epochs, "lr": args.lr, **common}
     admm = {"name": "admm", "pattern": args.pattern, "rho": args.rho, "rho_growth": args.rho_growth,
-            "admm_interval": args.admm_interval, "end": args.admm_end}  # fmt: skip
+            "admm_interval": args.admm_interval, "end": args.admm_end, "w_step": "proximal", "pull": args.pull}
+    admm_loss = admm | {"w_step": "loss"}
+    del admm_loss["pull"]  # fmt: skip
     kd = {"teacher": "dense", "alpha": 0.5, "temperature": 2.0}
     pruned = {"model": dense_dir, "data": data, "train": pruned_train}
     return {
@@ -44,6 +47,7 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "asp": pruned | {"method": {"name": "asp", "pattern": args.pattern}},
         "admm": pruned | {"method": admm},
         "admm-kd": pruned | {"method": admm, "distill": kd},
+        "admm-loss": pruned | {"method": admm_loss},
     }
 
 
@@ -79,9 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--rho", type=float, default=4e-3)
     ap.add_argument("--rho-growth", type=float, default=1.2)
+    ap.add_argument("--pull", type=float, default=0.01, help="proximal W-step: fraction of the way to Z - U per step")
     ap.add_argument("--admm-interval", type=int, default=25, help="optimizer steps between Z/U updates")
     ap.add_argument("--admm-end", type=float, default=2 / 3, help="fraction of steps under ADMM before the prune")
-    ap.add_argument("--only", nargs="*", help="run only these of dense, asp, admm, admm-kd")
+    ap.add_argument("--only", nargs="*", help="run only these of dense, asp, admm, admm-kd, admm-loss")
     ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 dense + 2 pruned epochs")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
