@@ -494,3 +494,12 @@ def test_sub_networks_are_a_function_of_seed_and_step():
 
     assert heads(a, 11) == heads(b, 11)  # a resumed run trains the same sub-networks
     assert heads(a, 11) != heads(c, 11) and heads(a, 11) != heads(a, 12)
+
+
+def test_quality_objective_is_a_fraction_whatever_the_metric():
+    from prunekit.nas.run import _error
+
+    assert _error(0.8, 0.9, True) == pytest.approx(0.2)  # accuracy
+    assert _error(80.0, 90.0, True, 100.0) == pytest.approx(0.2)  # SQuAD F1, ROUGE: percent
+    assert _error(20.0, 10.0, False) == pytest.approx(0.5)  # perplexity twice the dense model's
+    assert _error(10.0, 10.0, False) == 0.0

@@ -152,9 +152,15 @@ class Costs:
         )["median_ms"]
 
 
-def _error(metric: float, dense: float, greater_is_better: bool) -> float:
-    """The quality objective, minimised: 1 - metric (or 1 - dense / metric for lower-is-better metrics)."""
-    return 1.0 - metric if greater_is_better else 1.0 - dense / metric if metric else 1.0
+PERCENT_TASKS = ("extractive-qa", "summarization")  # SQuAD F1 / EM and ROUGE are reported in percent
+
+
+def _error(metric: float, dense: float, greater_is_better: bool, scale: float = 1.0) -> float:
+    """The quality objective, minimised: 1 - metric (metric as a fraction), or 1 - dense / metric for
+    lower-is-better metrics (perplexity), which is 0 at the dense model's quality and below 1 always."""
+    if greater_is_better:
+        return 1.0 - metric / scale
+    return 1.0 - dense / metric if metric else 1.0
 
 
 # ------------------------------------------------------------------ prunekit search
@@ -292,7 +298,8 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
     val, test = data["validation"], data["test"]
     dense_val = _evaluate(task, dense, val, tok, recipe, device, spec.max_eval_examples)
     dense_cost = costs.of_model(dense)
-    err = lambda m: _error(m[key], dense_val[key], task.greater_is_better)  # noqa: E731
+    scale = 100.0 if task.kind in PERCENT_TASKS else 1.0
+    err = lambda m: _error(m[key], dense_val[key], task.greater_is_better, scale)  # noqa: E731
 
     def evaluate(config) -> Evaluation:
         masks = space.masks(config)
@@ -331,9 +338,12 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
         "metric": key,
         "objective": spec.objective,
         "objectives": [
-            f"1 - validation {key}" if task.greater_is_better else f"1 - dense / validation {key}",
+            (f"1 - validation {key}" + (" / 100" if scale != 1 else ""))
+            if task.greater_is_better
+            else f"1 - dense / validation {key}",
             f"{spec.objective} relative to the dense model",
         ],
+        "metric_scale": scale,
         "reference_point": list(reference),
         "hypervolume": hv,
         "searcher": spec.searcher,
@@ -454,7 +464,8 @@ def plot_pareto(summary: dict, evaluated: list, path: Path) -> Path:
 
     key = summary["metric"]
     fig, (ax,) = _figure(1, width=7.0, panel_height=4.5)
-    to_metric = lambda e: 1 - e  # noqa: E731  (the error axis back to the metric for greater-is-better metrics)
+    scale = summary.get("metric_scale", 1.0)
+    to_metric = lambda e: (1 - e) * scale  # noqa: E731  (the error axis back to the metric's own scale)
     ax.scatter(
         [c for _, c in evaluated],
         [to_metric(e) for e, _ in evaluated],
