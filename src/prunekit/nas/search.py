@@ -197,6 +197,14 @@ def run_search(
     """Every evaluation the searcher made (for nsga2 with shared storage: the whole study's)."""
     if searcher not in RUNNERS:
         raise UsageError(f"unknown searcher '{searcher}': use one of {', '.join(SEARCHERS)}")
+    if searcher == "nsga2" and len(space) > 2000:
+        import warnings
+
+        warnings.warn(
+            f"nsga2 over {len(space)} coordinates ('{space.name}' space): optuna suggests each one per trial, "
+            "which is slow; morea, local or random search handle large spaces faster",
+            stacklevel=2,
+        )
     rng = np.random.default_rng(seed)
     result = RUNNERS[searcher](space, problem, budget, rng, initial, seed=seed, **options)
     return result if result is not None else list(problem.history)
