@@ -53,6 +53,9 @@ def test_search_writes_the_pareto_set_and_extracts_points(tmp_path):
     pareto = json.loads((out / "pareto.json").read_text())
     assert summary["points"] == len(pareto["points"]) and summary["out_dir"] == str(out)
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in logged if r["stage"] == "supernet" and r["type"] == "train"]
+    assert trained and all(r["sub_random"] > 0 and r["sub_smallest"] > 0 for r in trained)  # sandwich + KD ran
     report = (out / "report.md").read_text()
     assert report.startswith("# prunekit search: search\n") and f"{pareto['hypervolume']:.4f}" in report
     assert not (tmp_path / ".search.partial").exists() and not (out / "checkpoints").exists()
