@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import UsageError
-from prunekit.recipe import Recipe
+from prunekit.recipe import DataSpec, Recipe
 
 
 def partial_dir(out: Path) -> Path:
@@ -163,25 +163,15 @@ def run_recipe(
 def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: bool, progress: bool, log, t0: float):
     from prunekit.api import check_keeps_attention
     from prunekit.compact import compact
-    from prunekit.io import fingerprint, write_model
+    from prunekit.io import write_model
     from prunekit.masks import sparsity_report
-    from prunekit.tasks import get_task, load_data
+    from prunekit.tasks import get_task
     from prunekit.train.loop import train
 
     if resume and (written := _written(work)) is not None:
         return _finish(work, out, written)
     d = recipe.data
-    data, kind = load_data(
-        d.dataset,
-        task=d.task,
-        columns=d.columns,
-        data_dir=d.data_dir,
-        seed=d.seed,
-        validation_fraction=d.validation_fraction,
-        test_fraction=d.test_fraction,
-        max_examples=d.max_examples,
-    )
-    data = _cap_train(data, d.max_train_examples, d.seed)
+    data, kind = load_splits(d)
     task = get_task(kind)
     model, tok, manifest = _load_start(recipe, task, task.num_labels(data))
     _check_fits(method, model)
@@ -254,23 +244,6 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
     if recipe.bench.enabled:
         summary["bench"] = _bench(model, dense_reference, recipe, masks.patterns if masks is not None else None)
     timings["total_s"] = round(time.perf_counter() - t0, 2)
-    from prunekit.catalog.datasets import DATASETS, split_recipe
-
-    split = (
-        split_recipe(
-            d.dataset,
-            d.seed,
-            data_dir=d.data_dir,
-            validation_fraction=d.validation_fraction,
-            test_fraction=d.test_fraction,
-            max_examples=d.max_examples,
-        )  # fmt: skip
-        if d.dataset in DATASETS
-        else {"file": d.dataset, "seed": d.seed}
-    )
-    split |= {"max_train_examples": d.max_train_examples, "sizes": {k: len(v) for k, v in data.items()}}
-    if d.dataset not in DATASETS:  # lets `prunekit evaluate` trust the recorded path (see io.recorded_path)
-        split["fingerprint"] = fingerprint(d.dataset)
     write_model(
         model,
         work,
@@ -281,7 +254,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
         method=method.name,
         recipe=recipe.model_dump(mode="json"),
         task=_task_info(task, d, data),
-        split=split,
+        split=split_info(d, data),
         metrics=metrics,
         timings=timings,
         patterns=dict(masks.patterns) if masks is not None else {},
@@ -321,6 +294,42 @@ def _method_report(method) -> dict[str, Any] | None:
     """What a method reports about its own result (NeuroPrune's degree statistics, MLPruning's steps and packing)."""
     parts = {k: getattr(method, k, None) for k in ("final_report", "info", "pack_report")}
     return {k: v for k, v in parts.items() if v} or None
+
+
+def load_splits(d: DataSpec):
+    """(splits, task kind) of a recipe's data section: seeded splits, then the training cap."""
+    from prunekit.tasks import load_data
+
+    data, kind = load_data(
+        d.dataset,
+        task=d.task,
+        columns=d.columns,
+        data_dir=d.data_dir,
+        seed=d.seed,
+        validation_fraction=d.validation_fraction,
+        test_fraction=d.test_fraction,
+        max_examples=d.max_examples,
+    )
+    return _cap_train(data, d.max_train_examples, d.seed), kind
+
+
+def split_info(d: DataSpec, data) -> dict[str, Any]:
+    """The split recipe a manifest records, so `prunekit evaluate` re-makes the same test split."""
+    from prunekit.catalog.datasets import DATASETS, split_recipe
+    from prunekit.io import fingerprint
+
+    if d.dataset in DATASETS:
+        split = split_recipe(
+            d.dataset,
+            d.seed,
+            data_dir=d.data_dir,
+            validation_fraction=d.validation_fraction,
+            test_fraction=d.test_fraction,
+            max_examples=d.max_examples,
+        )
+    else:  # the fingerprint lets `prunekit evaluate` trust the recorded path (see io.recorded_path)
+        split = {"file": d.dataset, "seed": d.seed, "fingerprint": fingerprint(d.dataset)}
+    return split | {"max_train_examples": d.max_train_examples, "sizes": {k: len(v) for k, v in data.items()}}
 
 
 def _cap_train(data, cap: int | None, seed: int):

@@ -45,45 +45,14 @@ def _check(recipe: Recipe) -> SearchSpec:
 
 
 def _load_splits(recipe: Recipe):
-    from prunekit.pipeline import _cap_train
-    from prunekit.tasks import get_task, load_data
+    from prunekit.pipeline import load_splits
+    from prunekit.tasks import get_task
 
-    d = recipe.data
-    data, kind = load_data(
-        d.dataset,
-        task=d.task,
-        columns=d.columns,
-        data_dir=d.data_dir,
-        seed=d.seed,
-        validation_fraction=d.validation_fraction,
-        test_fraction=d.test_fraction,
-        max_examples=d.max_examples,
-    )
-    data = _cap_train(data, d.max_train_examples, d.seed)
+    data, kind = load_splits(recipe.data)
     for split in ("validation", "test"):
         if split not in data or not len(data[split]):
             raise UsageError(f"the search needs a non-empty {split} split: set data.{split}_fraction above 0")
     return data, get_task(kind)
-
-
-def _split_info(recipe: Recipe, data) -> dict[str, Any]:
-    """The split recipe as `prunekit evaluate` re-makes it (same fields as pipeline runs record)."""
-    from prunekit.catalog.datasets import DATASETS, split_recipe
-    from prunekit.io import fingerprint
-
-    d = recipe.data
-    if d.dataset in DATASETS:
-        split = split_recipe(
-            d.dataset,
-            d.seed,
-            data_dir=d.data_dir,
-            validation_fraction=d.validation_fraction,
-            test_fraction=d.test_fraction,
-            max_examples=d.max_examples,
-        )
-    else:
-        split = {"file": d.dataset, "seed": d.seed, "fingerprint": fingerprint(d.dataset)}
-    return split | {"max_train_examples": d.max_train_examples, "sizes": {k: len(v) for k, v in data.items()}}
 
 
 def _device(recipe: Recipe) -> torch.device:
@@ -199,7 +168,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
     """(dense model, trained super-network in importance order with the method attached, order, tokenizer)."""
     from prunekit.io import write_model
     from prunekit.nas.reorder import UnitOrder, importance, order_from_scores, permute, unpermute
-    from prunekit.pipeline import _load_start, _task_info, _teacher, source_fingerprint
+    from prunekit.pipeline import _load_start, _task_info, _teacher, source_fingerprint, split_info
     from prunekit.topology import describe
     from prunekit.train.loop import train
 
@@ -249,7 +218,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
         source_fingerprint=manifest.source_fingerprint if manifest else source_fingerprint(recipe.model),
         recipe=recipe.model_dump(mode="json"),
         task=_task_info(task, recipe.data, data),
-        split=_split_info(recipe, data),
+        split=split_info(recipe.data, data),
         timings=timings,
     )
     for name, m, meth in (("supernet", plain, "nas"), ("dense", dense, "dense")):
