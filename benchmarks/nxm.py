@@ -29,6 +29,7 @@ import yaml
 
 
 def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The suite's recipes by run name; pruned runs once per training seed (`-sN` for seeds other than 0)."""
     data = {"dataset": args.dataset, "seed": args.seed, "max_train_examples": args.max_train}
     if args.max_examples:
         data["max_examples"] = args.max_examples
@@ -41,14 +42,19 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     del admm_loss["pull"]  # fmt: skip
     kd = {"teacher": "dense", "alpha": 0.5, "temperature": 2.0}
     pruned = {"model": dense_dir, "data": data, "train": pruned_train}
-    return {
-        "dense": {"model": args.model, "data": data, "train": {"epochs": args.dense_epochs, "lr": 1e-4, **common},
-                  "method": {"name": "dense"}, "bench": {"enabled": False}},  # fmt: skip
+    variants = {
         "asp": pruned | {"method": {"name": "asp", "pattern": args.pattern}},
         "admm": pruned | {"method": admm},
         "admm-kd": pruned | {"method": admm, "distill": kd},
         "admm-loss": pruned | {"method": admm_loss},
     }
+    out = {"dense": {"model": args.model, "data": data, "train": {"epochs": args.dense_epochs, "lr": 1e-4, **common},
+                     "method": {"name": "dense"}, "bench": {"enabled": False}}}  # fmt: skip
+    for seed in args.train_seeds:
+        for name, recipe in variants.items():
+            key = name if seed == args.seed else f"{name}-s{seed}"
+            out[key] = recipe | {"train": pruned_train | {"seed": seed}}
+    return out
 
 
 def run(name: str, recipe: dict, out: Path, progress: bool) -> None:
@@ -86,18 +92,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pull", type=float, default=0.01, help="proximal W-step: fraction of the way to Z - U per step")
     ap.add_argument("--admm-interval", type=int, default=25, help="optimizer steps between Z/U updates")
     ap.add_argument("--admm-end", type=float, default=2 / 3, help="fraction of steps under ADMM before the prune")
-    ap.add_argument("--only", nargs="*", help="run only these of dense, asp, admm, admm-kd, admm-loss")
+    ap.add_argument("--train-seeds", type=int, nargs="+", default=None, help="pruned runs per seed (default: --seed)")
+    ap.add_argument("--only", nargs="*", help="run only these of dense, asp, admm, admm-kd, admm-loss (any seed)")
     ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 dense + 2 pruned epochs")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     if args.quick:
         args.max_train, args.dense_epochs, args.epochs, args.admm_interval = 1000, 1, 2, 8
         args.max_examples = args.max_examples or 1000
+    args.train_seeds = args.train_seeds or [args.seed]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     todo = recipes(args)
     for name, recipe in todo.items():
-        if not args.only or name in args.only:
+        if not args.only or name.split("-s")[0] in args.only:
             run(name, recipe, out, args.progress)
     done = [str(out / n) for n in todo if (out / n / "prunekit.json").exists()]
     cmp_dir = out / "compare"
