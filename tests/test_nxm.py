@@ -125,7 +125,7 @@ def test_admm_on_a_quadratic_converges_to_the_projection(pattern, rho, growth):
     torch.manual_seed(0)
     a = torch.randn(6, 4 * m)
     model = _Toy(a)
-    config = {"pattern": pattern, "rho": rho, "rho_growth": growth, "rho_max": 10.0}  # SGD stable: lr*(2+rho) < 2
+    config = {"pattern": pattern, "rho": rho, "rho_growth": growth, "rho_max": 10.0, "w_step": "loss"}  # lr*(2+rho)<2
     method = create_method("admm", config)
     method.attach(model, _toy_topo())
     w = model.lin.weight
@@ -183,7 +183,7 @@ def test_first_admm_steps_pull_the_pruned_weights_to_zero_and_keep_the_pattern()
     torch.manual_seed(2)
     a = torch.randn(8, 16)
     model = _Toy(a)
-    method = create_method("admm", {"rho": 0.1})
+    method = create_method("admm", {"rho": 0.1, "w_step": "loss"})
     method.attach(model, _toy_topo())
     w = model.lin.weight
     method.loss_terms(model, {}, None)["admm"].backward()
@@ -210,8 +210,9 @@ def test_rho_growth_rescales_the_scaled_dual():
 # ---------------------------------------------------------------- on a model, as the trainer drives it
 
 
-def test_admm_then_frozen_mask_through_adamw_with_weight_decay():
-    model, method, opt = _setup({"pattern": "2:4", "rho": 1e-2, "admm_interval": 2, "end": 0.5})
+@pytest.mark.parametrize("w_step", ["proximal", "loss"])
+def test_admm_then_frozen_mask_through_adamw_with_weight_decay(w_step):
+    model, method, opt = _setup({"pattern": "2:4", "rho": 1e-2, "admm_interval": 2, "end": 0.5, "w_step": w_step})
     topo = method.topo
     logs = _train(model, method, opt, range(1, 6))  # steps 1..5: ADMM only, nothing masked
     assert method.masks() is None and "admm" in logs[-1] and "primal_residual" in logs[-1]
@@ -321,7 +322,7 @@ def test_trainer_runs_admm_to_an_nm_model(tmp_path):
     )
     task = get_task(kind)
     model, tok = load_model(str(tiny_bert_dir(tmp_path)), num_labels=2)
-    method = create_method("admm", {"pattern": "2:4", "rho": 2.0, "rho_growth": 1.5, "admm_interval": 3, "end": 0.75})
+    method = create_method("admm", {"pattern": "2:4", "pull": 0.2, "admm_interval": 3, "end": 0.75})
     cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, max_length=16, log_every=1, warmup_ratio=0.0)
     trainer = Trainer(model, tok, task, data, method=method, config=cfg, work_dir=tmp_path / "w", progress=False)
     res = trainer.fit()

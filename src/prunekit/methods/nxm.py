@@ -62,11 +62,11 @@ class AdmmConfig(MethodConfig):
 
     pattern: str = "2:4"  # N:M, keep N of every M consecutive inputs
     rho: float = Field(default=1e-3, gt=0)  # penalty weight (paper grid 1e-3, 4e-3, 1e-2)
-    # loss: (rho/2)||W - Z + U||^2 is a loss term the optimizer sees (the paper). proximal: after each optimizer
-    # step W moves a fraction `pull` of the way to Z - U (the penalty's proximal step), so the W-step converges
-    # in a few hundred steps whatever the optimizer's step size; through Adam the loss form moves W by at most
-    # ~lr per step, far too little for short budgets (measured in docs/results.md).
-    w_step: Literal["loss", "proximal"] = "loss"
+    # proximal (default): after each optimizer step W moves a fraction `pull` of the way to Z - U (the penalty's
+    # proximal step), so the W-step converges in a few hundred steps whatever the optimizer's step size. loss: the
+    # paper's (rho/2)||W - Z + U||^2 as a loss term; through Adam it moves W by at most ~lr per step, so on short
+    # budgets W never reaches Z and the primal residual grows (measured in docs/results.md).
+    w_step: Literal["loss", "proximal"] = "proximal"
     pull: float = Field(default=0.01, gt=0, le=1)  # proximal: fraction per step (grows with rho when it grows)
     rho_growth: float = Field(default=1.0, ge=1.0)  # rho *= rho_growth at every Z/U update (1: constant)
     rho_max: float | None = Field(default=None, gt=0)  # cap for the grown rho
@@ -170,14 +170,19 @@ class Admm(Method):
     # ------------------------------------------------------------------ Z/U updates and the hard prune
 
     @torch.no_grad()
-    def proximal_step(self) -> None:
+    def proximal_step(self) -> float:
         """W <- W - pull * (W - Z + U): the exact minimiser of (rho/2)||W - Z + U||^2 + ||W - W_t||^2 / (2 eta)
-        for pull = eta * rho / (1 + eta * rho), applied after the optimizer's step on the task loss."""
+        for pull = eta * rho / (1 + eta * rho), applied after the optimizer's step on the task loss. Returns the
+        penalty (rho/2)||W - Z + U||^2 before the move, logged as the loss form's `admm` term is."""
         pull = min(self.config.pull * self.rho / self.config.rho, 1.0)
+        penalty = 0.0
         for name in self.targets:
             w = self._w(name)
             z, u = self._on(self.z, name, w.device), self._on(self.u, name, w.device)
-            w.sub_((pull * (w.float() - z + u)).to(w.dtype))
+            gap = w.float() - z + u
+            penalty += float(gap.pow(2).sum())
+            w.sub_((pull * gap).to(w.dtype))
+        return 0.5 * self.rho * penalty
 
     @torch.no_grad()
     def primal_residuals(self) -> dict[str, float]:
@@ -246,11 +251,11 @@ class Admm(Method):
         if step >= self.config.end * max(int(total_steps), 1):
             self.hard_prune(step)
             return {"hard_prune": 1.0, "rho": self.rho}
-        if self.config.w_step == "proximal":
-            self.proximal_step()
         logged: dict[str, float] = {}
+        if self.config.w_step == "proximal":
+            logged["admm"] = self.proximal_step()
         if isinstance(self.config.admm_interval, int) and step - self.last_update >= self.config.admm_interval:
-            logged = self.admm_update(step)
+            logged |= self.admm_update(step)
         else:
             logged["primal_residual"] = math.sqrt(sum(v * v for v in self.primal_residuals().values()))
         return logged | {"rho": self.rho}
