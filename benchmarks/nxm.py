@@ -111,6 +111,25 @@ def main(argv: list[str] | None = None) -> None:
     cmp_dir = out / "compare"
     shutil.rmtree(cmp_dir, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "prunekit.cli", "compare", *done, "--out", str(cmp_dir)], check=True)
+    print(seed_summary(done))
+
+
+def seed_summary(run_dirs: list[str]) -> str:
+    """Mean and spread of the test metric per variant over its seeds (run names `NAME` and `NAME-sN`)."""
+    from prunekit.io import read_manifest
+
+    by_variant: dict[str, list[float]] = {}
+    for run_dir in run_dirs:
+        m = read_manifest(run_dir)
+        key = (m.task or {}).get("main_metric", "accuracy")
+        value = m.metrics.get("test", {}).get(key)
+        if value is not None:
+            by_variant.setdefault(Path(run_dir).name.split("-s")[0], []).append(value)
+    lines = ["| variant | seeds | test mean | min | max |", "|---|---:|---:|---:|---:|"]
+    for name, values in by_variant.items():
+        mean = sum(values) / len(values)
+        lines.append(f"| {name} | {len(values)} | {mean:.4f} | {min(values):.4f} | {max(values):.4f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
