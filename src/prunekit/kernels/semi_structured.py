@@ -45,9 +45,9 @@ def nm_speedup_note(device: str | torch.device | None = None) -> str:
 
 
 def _is_2_4(weight: torch.Tensor) -> bool:
-    if weight.dim() != 2 or weight.shape[1] % 4:
-        return False
-    return bool(((weight.reshape(weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
+    from prunekit.nm_storage import is_nm
+
+    return weight.dim() == 2 and weight.shape[1] % 4 == 0 and is_nm(weight, 2, 4)
 
 
 def _two_four_linears(model: nn.Module, patterns: dict[str, str]) -> list[str]:
