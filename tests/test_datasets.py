@@ -308,3 +308,18 @@ def test_rebuild_from_pypi_matches_prepared_file(tmp_path, name):
     for path in paths:
         assert path.read_bytes() == (SHARED / path.name).read_bytes()
     assert _sizes(ds.load_task_data(name, data_dir=tmp_path)) == _sizes(ds.load_task_data(name))
+
+
+def test_max_train_examples_above_max_examples_wins_for_training_only():
+    from prunekit.pipeline import load_splits
+    from prunekit.recipe import DataSpec
+
+    capped, _ = load_splits(DataSpec(dataset="bbc_news", seed=3, max_examples=100))
+    more, _ = load_splits(DataSpec(dataset="bbc_news", seed=3, max_examples=100, max_train_examples=300))
+    fewer, _ = load_splits(DataSpec(dataset="bbc_news", seed=3, max_examples=100, max_train_examples=40))
+    assert _sizes(more) == {"train": 300, "validation": 100, "test": 100}
+    assert _sizes(fewer) == {"train": 40, "validation": 100, "test": 100}
+    for split in ("validation", "test"):  # the evaluation splits the split recipe re-makes
+        assert more[split]["text"] == capped[split]["text"] == fewer[split]["text"]
+    whole_train = set(ds.load_task_data("bbc_news", seed=3)["train"]["text"])
+    assert set(more["train"]["text"]) <= whole_train

@@ -297,19 +297,29 @@ def _method_report(method) -> dict[str, Any] | None:
 
 
 def load_splits(d: DataSpec):
-    """(splits, task kind) of a recipe's data section: seeded splits, then the training cap."""
+    """(splits, task kind) of a recipe's data section: seeded splits, then the training cap.
+
+    A `max_train_examples` above `max_examples` wins for the training split (8,000 pairs to train on with 2,000-pair
+    evaluation splits); the evaluation splits are the ones `max_examples` alone gives, so `prunekit evaluate` re-makes
+    the same test split from the recorded split recipe.
+    """
     from prunekit.tasks import load_data
 
-    data, kind = load_data(
-        d.dataset,
-        task=d.task,
-        columns=d.columns,
-        data_dir=d.data_dir,
-        seed=d.seed,
-        validation_fraction=d.validation_fraction,
-        test_fraction=d.test_fraction,
-        max_examples=d.max_examples,
-    )
+    def load(max_examples: int | None):
+        return load_data(
+            d.dataset,
+            task=d.task,
+            columns=d.columns,
+            data_dir=d.data_dir,
+            seed=d.seed,
+            validation_fraction=d.validation_fraction,
+            test_fraction=d.test_fraction,
+            max_examples=max_examples,
+        )
+
+    data, kind = load(d.max_examples)
+    if d.max_examples is not None and d.max_train_examples is not None and d.max_train_examples > d.max_examples:
+        data["train"] = load(None)[0]["train"]
     return _cap_train(data, d.max_train_examples, d.seed), kind
 
 

@@ -57,7 +57,7 @@ class DataSpec(BaseModel):
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
     max_examples: int | None = Field(None, ge=1)  # cap on each split (seeded, stratified)
-    max_train_examples: int | None = Field(None, ge=1)  # cap on the training split only (quick runs)
+    max_train_examples: int | None = Field(None, ge=1)  # cap on the training split only; above max_examples it wins
 
 
 class DistillSpec(BaseModel):
