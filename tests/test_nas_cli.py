@@ -76,6 +76,11 @@ def test_search_writes_the_pareto_set_and_extracts_points(tmp_path):
         assert p["objectives"][0] == pytest.approx(1 - p["validation"]["accuracy"])
         assert p["objectives"][1] == pytest.approx(p["cost"] / dense_params) and "accuracy" in p["test"]
     assert {b["name"] for b in pareto["baselines"]} == {"heads", "layers", "magnitude"}
+    for name, hv in pareto["baseline_hypervolume"].items():  # each family's points, and all of them together
+        pts = [tuple(b["objectives"]) for b in pareto["baselines"] if name in ("all", b["name"])]
+        assert hv == pytest.approx(hypervolume(pts, pareto["reference_point"]))
+    assert {"finetune_s", "reorder_s", "supernet_s", "search_s", "baselines_s"} <= set(pareto["timings"])
+    assert all(v > 0 for k, v in pareto["timings"].items() if k != "reorder_s")
     # the initial design: the full network costs exactly the dense model
     assert any(e["config"] == pareto["space"]["highs"] and e["objectives"][1] == 1.0 for e in evals)
 
@@ -90,6 +95,8 @@ def test_search_writes_the_pareto_set_and_extracts_points(tmp_path):
         kept = [e.heads if e.attention != "dropped" else 0 for e in manifest.structure]
         assert kept == point["structure"]["heads"]
         assert count_parameters(model)["total"] == point["cost"]  # objective params: the compacted model's count
+        blocks = count_parameters(model)["blocks"]
+        assert blocks == pytest.approx(point["block_params"] * pareto["dense"]["block_params"])
         evaluated = json.loads(_cli("evaluate", run, "--json").stdout)[0] if k else evaluate_run(str(run))
         assert evaluated["accuracy"] == pytest.approx(point["test"]["accuracy"])  # what the search measured
     run = out / "point-0"  # the other commands read it too (the smallest point: zero-width layers included)

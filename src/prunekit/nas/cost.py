@@ -71,6 +71,14 @@ def subnet_parameters(model: nn.Module, masks: MaskSet, topo: Topology | None = 
     return int(count_parameters(model, topo)["total"]) - _removed(model, topo, masks, 1)[0]
 
 
+def subnet_block_parameters(model: nn.Module, masks: MaskSet, topo: Topology | None = None) -> int:
+    """Parameters of the compacted sub-network's transformer blocks (the part a structural search can shrink)."""
+    from prunekit.bench import count_parameters
+
+    topo = topo or describe(model)
+    return int(count_parameters(model, topo)["blocks"]) - _removed(model, topo, masks, 1)[0]
+
+
 def subnet_flops(model: nn.Module, masks: MaskSet, seq_len: int, topo: Topology | None = None) -> float:
     """Forward FLOPs per token of the compacted sub-network at `seq_len` (prunekit.bench's convention)."""
     from prunekit.bench import flops_per_token

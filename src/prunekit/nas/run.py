@@ -254,6 +254,9 @@ def _reuse(src: Path, recipe: Recipe, method):
 
 
 def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -> dict[str, Any]:
+    from prunekit.bench import count_parameters
+    from prunekit.io import read_manifest
+    from prunekit.nas.cost import subnet_block_parameters
     from prunekit.nas.pareto import hypervolume
     from prunekit.nas.search import Evaluation, FrontProgress, Problem, front, run_search
 
@@ -267,6 +270,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
     val, test = data["validation"], data["test"]
     dense_val = _evaluate(task, dense, val, tok, recipe, device, spec.max_eval_examples)
     dense_cost = costs.of_model(dense)
+    dense_blocks = count_parameters(dense)["blocks"]
     scale = 100.0 if task.kind in PERCENT_TASKS else 1.0
     err = lambda m: _error(m[key], dense_val[key], task.greater_is_better, scale)  # noqa: E731
 
@@ -275,7 +279,8 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
         with method.use(masks):
             metrics = _evaluate(task, supernet, val, tok, recipe, device, spec.max_eval_examples)
         cost = costs.of_masks(supernet, masks, method.detached)
-        info = {"validation": metrics, "cost": cost, "structure": space.summary(config)}
+        blocks = subnet_block_parameters(supernet, masks) / dense_blocks
+        info = {"validation": metrics, "cost": cost, "block_params": blocks, "structure": space.summary(config)}
         return Evaluation(config, (err(metrics), cost / dense_cost), info)
 
     reference = tuple(spec.reference_point)
@@ -302,7 +307,17 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
             test_m = _evaluate(task, supernet, test, tok, recipe, device)
         points.append(_point(k, ev, test_m))
     hv = hypervolume([e.objectives for e in best], reference)
+    t0 = time.perf_counter()
     baselines = _baselines(recipe, spec, dense, data, task, tok, costs, dense_cost, err, device)
+    baselines_s = round(time.perf_counter() - t0, 2)
+    families = {b["name"]: [] for b in baselines}
+    for b in baselines:
+        families[b["name"]].append(tuple(b["objectives"]))
+    baseline_hv = {name: hypervolume(pts, reference) for name, pts in families.items()}
+    if baselines:
+        baseline_hv["all"] = hypervolume([tuple(b["objectives"]) for b in baselines], reference)
+    stage1 = {} if spec.supernet else read_manifest(work / "supernet").timings or {}  # a reused one ran elsewhere
+    timings = stage1 | {"search_s": search_s, "baselines_s": baselines_s}
     summary = {
         "metric": key,
         "objective": spec.objective,
@@ -315,16 +330,19 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
         "metric_scale": scale,
         "reference_point": list(reference),
         "hypervolume": hv,
+        "baseline_hypervolume": baseline_hv,
         "searcher": spec.searcher,
         "budget": spec.budget,
         "seed": spec.seed,
         "evaluations": len(evals),
         "search_s": search_s,
+        "timings": timings,
         "space": {"name": space.name, "names": space.names, "lows": space.lows.tolist(), "highs": space.highs.tolist()},
         "dense": {
             "validation": dense_val,
             "test": _evaluate(task, dense, test, tok, recipe, device),
             "cost": dense_cost,
+            "block_params": dense_blocks,
         },
         "points": points,
         "baselines": baselines,
@@ -348,6 +366,7 @@ def _point(k: int, ev, test: dict) -> dict[str, Any]:
         "config": list(ev.config),
         "objectives": list(ev.objectives),
         "cost": ev.info.get("cost"),
+        "block_params": ev.info.get("block_params"),
         "structure": ev.info.get("structure"),
         "validation": ev.info.get("validation"),
         "test": test,
@@ -355,12 +374,14 @@ def _point(k: int, ev, test: dict) -> dict[str, Any]:
 
 
 def _baselines(recipe, spec, dense, data, task, tok, costs, dense_cost, err, device) -> list[dict]:
+    from prunekit.bench import count_parameters
     from prunekit.nas import baselines as bl
     from prunekit.nas.cost import compacted_copy
     from prunekit.structure import structure
     from prunekit.topology import describe
 
     topo = describe(dense)
+    dense_blocks = count_parameters(dense, topo)["blocks"]
     sizes = spec.baseline_sizes
     out = []
     for name in spec.baselines:
@@ -382,6 +403,7 @@ def _baselines(recipe, spec, dense, data, task, tok, costs, dense_cost, err, dev
                     "size": size,
                     "objectives": [err(val), cost / dense_cost],
                     "cost": cost,
+                    "block_params": count_parameters(small)["blocks"] / dense_blocks,
                     "validation": val,
                     "test": _evaluate(task, small, data["test"], tok, recipe, device),
                     "structure": {"heads": [e["heads"] for e in layers], "neurons": [e["ffn_width"] for e in layers]},
@@ -404,22 +426,30 @@ def search_report(summary: dict, name: str) -> str:
         f"seed {summary['seed']}) on the validation split; objectives {summary['objectives'][0]} and "
         f"{summary['objectives'][1]}. Hypervolume of the front: **{summary['hypervolume']:.4f}**, reference "
         f"point {summary['reference_point']} in those normalised objectives.",
-        "",
-        "![Pareto front](pareto.png)",
-        "",
-        "## Pareto front",
-        "",
     ]
-    header = ["point", f"{obj} (rel.)", f"validation {key}", f"test {key}", "heads / neurons per layer"]
-    rows = [["dense", "1.000", fmt(summary["dense"]["validation"]), fmt(summary["dense"]["test"]), ""]]
-    rows += [[p["index"], f"{p['objectives'][1]:.3f}", fmt(p["validation"]), fmt(p["test"]), layers(p["structure"])]
-             for p in summary["points"]]  # fmt: skip
-    lines += table(header, rows, right={1, 2, 3})
+    bhv = summary.get("baseline_hypervolume") or {}
+    if bhv:
+        lines += ["", "Hypervolume of the baselines' points, same reference: "
+                  + ", ".join(f"{LABELS.get(k, 'all baselines')} {v:.4f}" for k, v in bhv.items()) + "."]  # fmt: skip
+    t = summary.get("timings") or {}
+    if t:
+        lines += ["", "Wall time: " + ", ".join(f"{k.removesuffix('_s')} {v / 60:.1f} min" for k, v in t.items()) + "."]
+    lines += ["", "![Pareto front](pareto.png)", "", "## Pareto front", ""]
+    blocks = lambda x: f"{x['block_params']:.3f}" if x.get("block_params") is not None else ""  # noqa: E731
+    header = ["point", f"{obj} (rel.)", "block params (rel.)", f"validation {key}", f"test {key}",
+              "heads / neurons per layer"]  # fmt: skip
+    rows = [["dense", "1.000", "1.000", fmt(summary["dense"]["validation"]), fmt(summary["dense"]["test"]), ""]]
+    rows += [[p["index"], f"{p['objectives'][1]:.3f}", blocks(p), fmt(p["validation"]), fmt(p["test"]),
+              layers(p["structure"])] for p in summary["points"]]  # fmt: skip
+    lines += table(header, rows, right={1, 2, 3, 4})
     if summary["baselines"]:
         lines += ["", "## Baselines (on the dense fine-tuned model)", ""]
-        rows = [[f"{LABELS[b['name']]}, {b['size']:.0%} removed", f"{b['objectives'][1]:.3f}", fmt(b["validation"]),
-                 fmt(b["test"]), layers(b["structure"])] for b in summary["baselines"]]  # fmt: skip
-        lines += table(["baseline", *header[1:]], rows, right={1, 2, 3})
+        rows = [
+            [f"{LABELS[b['name']]}, {b['size']:.0%} removed", f"{b['objectives'][1]:.3f}", blocks(b),
+             fmt(b["validation"]), fmt(b["test"]), layers(b["structure"])]
+            for b in summary["baselines"]
+        ]  # fmt: skip
+        lines += table(["baseline", *header[1:]], rows, right={1, 2, 3, 4})
     lines += ["", "`prunekit extract SEARCH_DIR POINT OUT` makes a run directory of a point.", ""]
     return "\n".join(lines)
 
