@@ -436,14 +436,16 @@ def _pareto_table(search_dir) -> Table:
     data = json.loads((search_dir / "pareto.json").read_text())
     key = data["metric"]
     table = Table(title=f"Pareto front: hypervolume {data['hypervolume']:.4f} (reference {data['reference_point']})")
-    for col in ("point", f"{data['objective']} (rel.)", f"validation {key}", f"test {key}", "heads", "neurons"):
+    obj = f"{data['objective']} (rel.)"
+    for col in ("point", obj, "block params", f"validation {key}", f"test {key}", "heads", "neurons"):
         table.add_column(col)
-    table.add_row("dense", "1.000", f"{data['dense']['validation'][key]:.4f}", f"{data['dense']['test'][key]:.4f}",
-                  "", "")  # fmt: skip
+    table.add_row("dense", "1.000", "1.000", f"{data['dense']['validation'][key]:.4f}",
+                  f"{data['dense']['test'][key]:.4f}", "", "")  # fmt: skip
     for p in data["points"]:
         s = p["structure"]
         heads, neurons = " ".join(map(str, s["heads"])), " ".join(map(str, s["neurons"]))
-        table.add_row(str(p["index"]), f"{p['objectives'][1]:.3f}", f"{p['validation'][key]:.4f}",
+        blocks = f"{p['block_params']:.3f}" if p.get("block_params") is not None else ""
+        table.add_row(str(p["index"]), f"{p['objectives'][1]:.3f}", blocks, f"{p['validation'][key]:.4f}",
                       f"{p['test'][key]:.4f}", heads, neurons)  # fmt: skip
     return table
 
