@@ -280,6 +280,18 @@ def _supported_prefixes() -> list[str]:
     ]
 
 
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], problem: str, fix: str) -> nn.Module:
+    """Every key must match but the model's tied ones (stored once, re-tied here); else `problem`, the keys, `fix`."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise PrunekitError(f"{problem} (missing {missing[:3]}, unexpected {unexpected[:3]}); {fix}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model
+
+
 def load(run_dir: str | Path, *, device: str | torch.device = "cpu", with_tokenizer: bool = False):
     """Rebuild the saved model with its per-layer shapes and load its weights (strict)."""
     from transformers import AutoConfig
@@ -321,16 +333,8 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", with_tokeni
         raise PrunekitError(
             f"{run_dir / MANIFEST}'s per-layer structure is not one this model can have; restore it or re-run the job"
         )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise PrunekitError(
-            f"{weights} does not match its manifest (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); restore the run directory or re-run the job"
-        )
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    fix = "restore the run directory or re-run the job"
+    load_state_strict(model, state, f"{weights} does not match its manifest", fix)
     model.to(device).eval()
     if with_tokenizer:
         from prunekit.catalog.models import _load_tokenizer, check_tokenizer

@@ -140,11 +140,6 @@ def load_nm_compressed(model: nn.Module, path: str | Path) -> nn.Module:
         state = decompress_state(*read_nm_file(path))
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise PrunekitError(f"{path} is corrupt or truncated ({exc}); restore it or re-run the job") from exc
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise PrunekitError(f"{path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    return model
+    from prunekit.io import load_state_strict
+
+    return load_state_strict(model, state, f"{path} does not match the model", "give the model it was saved from")
