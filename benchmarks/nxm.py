@@ -19,13 +19,10 @@ continues. The table at the end is `prunekit compare` over the runs.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from _suite import compare, run, seed_summary
 
 
 def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -55,23 +52,6 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             key = name if seed == args.seed else f"{name}-s{seed}"
             out[key] = recipe | {"train": pruned_train | {"seed": seed}}
     return out
-
-
-def run(name: str, recipe: dict, out: Path, progress: bool) -> None:
-    run_dir = out / name
-    path = out / "recipes" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    if (run_dir / "prunekit.json").exists():
-        print(f"== {name}: done already ({run_dir})", flush=True)
-        return
-    cmd = [sys.executable, "-m", "prunekit.cli", "prune", str(path), "--out", str(run_dir)]
-    if (out / f".{name}.partial").exists():
-        cmd.append("--resume")
-    if not progress:
-        cmd.append("--no-progress")
-    print("== " + " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,29 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, recipe in todo.items():
         if not args.only or name.split("-s")[0] in args.only:
             run(name, recipe, out, args.progress)
-    done = [str(out / n) for n in todo if (out / n / "prunekit.json").exists()]
-    cmp_dir = out / "compare"
-    shutil.rmtree(cmp_dir, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "prunekit.cli", "compare", *done, "--out", str(cmp_dir)], check=True)
-    print(seed_summary(done))
-
-
-def seed_summary(run_dirs: list[str]) -> str:
-    """Mean and spread of the test metric per variant over its seeds (run names `NAME` and `NAME-sN`)."""
-    from prunekit.io import read_manifest
-
-    by_variant: dict[str, list[float]] = {}
-    for run_dir in run_dirs:
-        m = read_manifest(run_dir)
-        key = (m.task or {}).get("main_metric", "accuracy")
-        value = m.metrics.get("test", {}).get(key)
-        if value is not None:
-            by_variant.setdefault(Path(run_dir).name.split("-s")[0], []).append(value)
-    lines = ["| variant | seeds | test mean | min | max |", "|---|---:|---:|---:|---:|"]
-    for name, values in by_variant.items():
-        mean = sum(values) / len(values)
-        lines.append(f"| {name} | {len(values)} | {mean:.4f} | {min(values):.4f} | {max(values):.4f} |")
-    return "\n".join(lines)
+    print(seed_summary(compare(out, list(todo))))
 
 
 if __name__ == "__main__":

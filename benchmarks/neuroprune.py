@@ -1,0 +1,72 @@
+"""NeuroPrune suite: NeuroPrune vs the plain-L1 baseline at the same sparsities, epochs and data, from one dense run.
+
+Every run starts from the same dense fine-tuned model (`--dense RUN_DIR`, or the suite's own `dense` run) and
+trains `--epochs` with the same learning rate on the same seeded data, in target mode: the regulariser's scale
+is steered so the near-zero fraction follows the cubic schedule, and the end is an exact global magnitude cut
+to the target fraction of block weights. NeuroPrune also merges redundant heads after each epoch and removes
+dead neurons and heads physically; L1 keeps the shapes (unstructured zeros). Each run benchmarks itself against
+the dense model at the end (`bench`), so run nothing else meanwhile. Finished runs are skipped.
+
+    python benchmarks/neuroprune.py --dataset rotten_tomatoes --out runs/neuroprune/rt --dense runs/nxm/rt/dense
+    python benchmarks/neuroprune.py --out runs/neuroprune/quick --quick          # plumbing, not results
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from _suite import compare, run, seed_summary
+
+
+def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    data = {"dataset": args.dataset, "seed": args.seed, "max_train_examples": args.max_train}
+    if args.max_examples:
+        data["max_examples"] = args.max_examples
+    common = {"batch_size": 32, "max_length": args.max_length, "seed": args.seed}
+    out: dict[str, dict[str, Any]] = {}
+    start = args.dense
+    if start is None:
+        start = str(Path(args.out) / "dense")
+        out["dense"] = {"model": args.model, "data": data, "train": {"epochs": args.dense_epochs, "lr": 1e-4, **common},
+                        "method": {"name": "dense"}, "bench": {"enabled": False}}  # fmt: skip
+    train = {"epochs": args.epochs, "lr": args.lr, **common}
+    for s in args.sparsities:
+        tag = f"{round(s * 100)}"
+        for name in ("neuroprune", "l1"):
+            method = {"name": name, "target_sparsity": s}
+            out[f"{name}-{tag}"] = {"model": start, "data": data, "train": train, "method": method}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="rotten_tomatoes")
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--dense", default=None, help="a dense fine-tuned run directory to start from (else one is made)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-train", type=int, default=4000)
+    ap.add_argument("--max-examples", type=int, default=None, help="cap on every split but the training one")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--dense-epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of every pruned run (the shared budget)")
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 + 1 epochs, 50% and 90%")
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.max_train, args.dense_epochs, args.epochs, args.sparsities = 1000, 1, 1, [0.5, 0.9]
+        args.max_examples = args.max_examples or 500
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = recipes(args)
+    for name, recipe in todo.items():
+        run(name, recipe, out, args.progress)
+    print(seed_summary(compare(out, list(todo))))
+
+
+if __name__ == "__main__":
+    main()
