@@ -96,7 +96,7 @@ def test_search_writes_the_pareto_set_and_extracts_points(tmp_path):
         assert kept == point["structure"]["heads"]
         assert count_parameters(model)["total"] == point["cost"]  # objective params: the compacted model's count
         blocks = count_parameters(model)["blocks"]
-        assert blocks == pytest.approx(point["block_params"] * pareto["dense"]["block_params"])
+        assert blocks == pytest.approx(point["block_params"] * pareto["dense"]["block_param_count"])
         evaluated = json.loads(_cli("evaluate", run, "--json").stdout)[0] if k else evaluate_run(str(run))
         assert evaluated["accuracy"] == pytest.approx(point["test"]["accuracy"])  # what the search measured
     run = out / "point-0"  # the other commands read it too (the smallest point: zero-width layers included)

@@ -342,7 +342,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
             "validation": dense_val,
             "test": _evaluate(task, dense, test, tok, recipe, device),
             "cost": dense_cost,
-            "block_params": dense_blocks,
+            "block_param_count": dense_blocks,  # the points' block_params are fractions of it
         },
         "points": points,
         "baselines": baselines,
