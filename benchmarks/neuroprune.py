@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=2, help="epochs of every pruned run (the shared budget)")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
-    ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 + 1 epochs, 50% and 90%")
+    ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 + 1 epochs, 50%% and 90%%")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     if args.quick:
