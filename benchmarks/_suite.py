@@ -1,14 +1,38 @@
-"""What every method suite shares: run a recipe as `prunekit prune` (skipping finished runs, resuming interrupted
-ones), then `prunekit compare` over the finished runs and the per-variant spread of the test metric over seeds."""
+"""What every method suite shares: the data section and training settings its recipes have in common, the dense
+run they start from, `prunekit prune` of a recipe (skipping finished runs, resuming interrupted ones), then
+`prunekit compare` over the finished runs and the per-variant spread of the test metric over seeds."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+
+def data_and_common(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The recipes' data section (seeded, training cap, optional cap on the other splits) and shared train keys."""
+    data: dict[str, Any] = {"dataset": args.dataset, "seed": args.seed, "max_train_examples": args.max_train}
+    if args.max_examples:
+        data["max_examples"] = args.max_examples
+    return data, {"batch_size": 32, "max_length": args.max_length, "seed": args.seed}
+
+
+def dense_recipe(args: argparse.Namespace, data: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+    """The dense fine-tune every pruned run of a suite starts from (not benchmarked: it is the reference)."""
+    return {"model": args.model, "data": data, "train": {"epochs": args.dense_epochs, "lr": 1e-4, **common},
+            "method": {"name": "dense"}, "bench": {"enabled": False}}  # fmt: skip
+
+
+def prunekit(*args: str, capture: bool = False) -> str:
+    """Run `prunekit ARGS` in this interpreter (failing loudly); its stdout when `capture`."""
+    cmd = [sys.executable, "-m", "prunekit.cli", *args]
+    print("== prunekit " + " ".join(args), flush=True)
+    return subprocess.run(cmd, check=True, text=True, stdout=subprocess.PIPE if capture else None).stdout or ""
 
 
 def run(name: str, recipe: dict, out: Path, progress: bool) -> None:
@@ -20,13 +44,8 @@ def run(name: str, recipe: dict, out: Path, progress: bool) -> None:
     if (run_dir / "prunekit.json").exists():
         print(f"== {name}: done already ({run_dir})", flush=True)
         return
-    cmd = [sys.executable, "-m", "prunekit.cli", "prune", str(path), "--out", str(run_dir)]
-    if (out / f".{name}.partial").exists():
-        cmd.append("--resume")
-    if not progress:
-        cmd.append("--no-progress")
-    print("== " + " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
+    flags = (["--resume"] if (out / f".{name}.partial").exists() else []) + ([] if progress else ["--no-progress"])
+    prunekit("prune", str(path), "--out", str(run_dir), *flags)
 
 
 def compare(out: Path, names: list[str]) -> list[str]:
@@ -34,7 +53,7 @@ def compare(out: Path, names: list[str]) -> list[str]:
     done = [str(out / n) for n in names if (out / n / "prunekit.json").exists()]
     cmp_dir = out / "compare"
     shutil.rmtree(cmp_dir, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "prunekit.cli", "compare", *done, "--out", str(cmp_dir)], check=True)
+    prunekit("compare", *done, "--out", str(cmp_dir))
     return done
 
 

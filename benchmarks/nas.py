@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+from _suite import data_and_common, prunekit
 
 
 def recipe(args: argparse.Namespace) -> dict[str, Any]:
-    data: dict[str, Any] = {"dataset": args.dataset, "seed": args.seed, "max_train_examples": args.max_train}
-    if args.max_examples:
-        data["max_examples"] = args.max_examples
-    common = {"batch_size": 32, "max_length": args.max_length, "seed": args.seed}
+    data, common = data_and_common(args)
     return {
         "model": args.model,
         "data": data,
@@ -42,13 +38,6 @@ def recipe(args: argparse.Namespace) -> dict[str, Any]:
                    "max_eval_examples": args.max_eval, "baselines": ["heads", "layers", "magnitude"],
                    "baseline_sizes": [0.25, 0.5, 0.7, 0.85]},  # fmt: skip
     }
-
-
-def cli(*args: str, capture: bool = False) -> str:
-    cmd = [sys.executable, "-m", "prunekit.cli", *args]
-    print("== prunekit " + " ".join(args), flush=True)
-    proc = subprocess.run(cmd, check=True, text=True, stdout=subprocess.PIPE if capture else None)
-    return proc.stdout or ""
 
 
 def pick(points: list[dict], target: float) -> dict | None:
@@ -86,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     path.write_text(yaml.safe_dump(recipe(args), sort_keys=False))
     search = out / "search"
     if not (search / "pareto.json").exists():
-        cli("search", str(path), "--out", str(search), "--no-progress", "--overwrite")
+        prunekit("search", str(path), "--out", str(search), "--no-progress", "--overwrite")
     summary = json.loads((search / "pareto.json").read_text())
     key = summary["metric"]
     dense_test = summary["dense"]["test"][key]
@@ -98,9 +87,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         run_dir = out / f"extract-{round(target * 100)}"
         if not (run_dir / "prunekit.json").exists():
-            cli("extract", str(search), str(point["index"]), str(run_dir), "--no-progress", "--overwrite",
+            prunekit("extract", str(search), str(point["index"]), str(run_dir), "--no-progress", "--overwrite",
                 "--finetune-epochs", str(args.finetune_epochs))  # fmt: skip
-        bench = json.loads(cli("bench", str(run_dir), "--batch", "1", "--batch", "32", "--seq", "128", "--json",
+        bench = json.loads(prunekit("bench", str(run_dir), "--batch", "1", "--batch", "32", "--seq", "128", "--json",
                                capture=True))  # fmt: skip
         test = json.loads((run_dir / "prunekit.json").read_text())["metrics"]["test"][key]
         speed = {r["batch"]: r["speedup"] for r in bench["latency"]}

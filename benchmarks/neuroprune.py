@@ -17,20 +17,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from _suite import compare, run, seed_summary
+from _suite import compare, data_and_common, dense_recipe, run, seed_summary
 
 
 def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    data = {"dataset": args.dataset, "seed": args.seed, "max_train_examples": args.max_train}
-    if args.max_examples:
-        data["max_examples"] = args.max_examples
-    common = {"batch_size": 32, "max_length": args.max_length, "seed": args.seed}
+    data, common = data_and_common(args)
     out: dict[str, dict[str, Any]] = {}
     start = args.dense
     if start is None:
         start = str(Path(args.out) / "dense")
-        out["dense"] = {"model": args.model, "data": data, "train": {"epochs": args.dense_epochs, "lr": 1e-4, **common},
-                        "method": {"name": "dense"}, "bench": {"enabled": False}}  # fmt: skip
+        out["dense"] = dense_recipe(args, data, common)
     train = {"epochs": args.epochs, "lr": args.lr, **common}
     for s in args.sparsities:
         tag = f"{round(s * 100)}"

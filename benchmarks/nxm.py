@@ -22,15 +22,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from _suite import compare, run, seed_summary
+from _suite import compare, data_and_common, dense_recipe, run, seed_summary
 
 
 def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The suite's recipes by run name; pruned runs once per training seed (`-sN` for seeds other than 0)."""
-    data = {"dataset": args.dataset, "seed": args.seed, "max_train_examples": args.max_train}
-    if args.max_examples:
-        data["max_examples"] = args.max_examples
-    common = {"batch_size": 32, "max_length": args.max_length, "seed": args.seed}
+    data, common = data_and_common(args)
     dense_dir = str(Path(args.out) / "dense")
     pruned_train = {"epochs": args.epochs, "lr": args.lr, **common}
     admm = {"name": "admm", "pattern": args.pattern, "rho": args.rho, "rho_growth": args.rho_growth,
@@ -45,8 +42,7 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "admm-kd": pruned | {"method": admm, "distill": kd},
         "admm-loss": pruned | {"method": admm_loss},
     }
-    out = {"dense": {"model": args.model, "data": data, "train": {"epochs": args.dense_epochs, "lr": 1e-4, **common},
-                     "method": {"name": "dense"}, "bench": {"enabled": False}}}  # fmt: skip
+    out = {"dense": dense_recipe(args, data, common)}
     for seed in args.train_seeds:
         for name, recipe in variants.items():
             key = name if seed == args.seed else f"{name}-s{seed}"
