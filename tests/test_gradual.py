@@ -412,8 +412,9 @@ def test_movement_state_round_trip():
 def test_l1_loss_is_alpha_times_sum_abs():
     model = tiny_model("llama")
     topo = describe(model)
-    method = create_method("l1", {"alpha": 0.003})
+    method = create_method("l1", {"alpha": 0.003, "penalty": "loss"})
     method.attach(model, topo)
+    assert create_method("l1", {}).config.penalty == "proximal"  # the default form adds no loss term
     terms = method.loss_terms(model, {}, None)
     expected = 0.003 * sum(float(get_module(model, n).weight.detach().abs().sum()) for n in topo.prunable_linears())
     assert list(terms) == ["l1"]
@@ -431,6 +432,28 @@ def test_l1_training_then_exact_cut_to_target():
     total = sum(w.numel() for w in weights)
     assert sum(int((w == 0).sum()) for w in weights) == total - kept_count(total, 0.6)
     check_equal(model, masks, tiny_inputs("bert"))
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_l1_proximal_follows_the_schedule_and_resumes(family):
+    """The proximal pull reaches the target by `end` without passing the schedule, holds it, and a run resumed
+    from the method's state (scale, last zeros) continues identically."""
+    config = {"target_sparsity": 0.6}
+    model, method, topo, opt = _run(family, "l1", config, steps=10)
+    state, opt_state = copy.deepcopy(method.state_dict()), copy.deepcopy(opt.state_dict())
+    twin = copy.deepcopy(model)
+    logs = _train(model, method, opt, family, range(11, TOTAL + 1))
+    assert all(r["near_zero"] <= r["near_zero_goal"] + 0.005 for r in logs)
+    assert logs[-1]["near_zero"] >= 0.6 - 0.005 and {"shrink", "reg_scale"} <= set(logs[-1])
+    resumed = create_method("l1", config)
+    resumed.attach(twin, describe(twin))
+    resumed.load_state_dict(state)
+    opt2 = _optimizer(twin, resumed)
+    opt2.load_state_dict(opt_state)
+    _train(twin, resumed, opt2, family, range(11, TOTAL + 1))
+    assert torch.equal(_logits(model, family), _logits(twin, family))
+    masks = method.finalize(model)
+    check_equal(model, masks, tiny_inputs(family))
 
 
 def test_l1_neuron_cut():
@@ -468,7 +491,8 @@ def test_l1_ends_like_neuroprune_on_gated_ffns():
     from prunekit.compact import compact
     from prunekit.masks import block_parameter_count
 
-    model, method, topo, _ = _run("llama", "l1", {"alpha": 1e-3, "target_sparsity": 0.6})
+    # loss form: its near-zero weights can be given back when structure takes more (exact zeros cannot)
+    model, method, topo, _ = _run("llama", "l1", {"alpha": 1e-3, "target_sparsity": 0.6, "penalty": "loss"})
     ffn = topo.blocks[2].ffn
     with torch.no_grad():
         weight_view(get_module(model, ffn.inputs[0]))[9] = 0.0  # the gate row only

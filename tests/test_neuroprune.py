@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from prunekit.compact import check_equal, compact
 from prunekit.errors import UsageError
-from prunekit.masks import MaskSet
+from prunekit.masks import MaskSet, element_masks
 from prunekit.methods.base import create_method
 from prunekit.methods.heads import dominating_matrix, dominators, prune_redundant_heads, similarity
 from prunekit.methods.neuroprune import attention_penalty, degree_weights, ffn_penalty
@@ -212,8 +212,9 @@ def test_method_terms_and_their_gradient(family, weighting):
     model = tiny_model(family)
     topo = describe(model)
     _sparsify(model, topo)
-    method = create_method("neuroprune", {"alpha": 0.01, "beta": 0.003, "weighting": weighting})
+    method = create_method("neuroprune", {"alpha": 0.01, "beta": 0.003, "weighting": weighting, "penalty": "loss"})
     method.attach(model, topo)
+    assert create_method("neuroprune", {}).config.penalty == "proximal"  # the default form adds no loss terms
     terms = method.loss_terms(model, {}, None)
     assert set(terms) == {"ffn_reg", "att_reg"}
     ffn, att, cins = 0.0, 0.0, []
@@ -246,7 +247,9 @@ def test_method_terms_and_their_gradient(family, weighting):
 def test_degree_refresh_every_n_steps():
     model = tiny_model("bert")
     topo = describe(model)
-    method = create_method("neuroprune", {"degree_refresh_steps": 3})
+    method = create_method(
+        "neuroprune", {"degree_refresh_steps": 3, "penalty": "loss", "weighting": "linear"}
+    )  # on_step moves no weight
     method.attach(model, topo)
     before = method.c_in[0].clone()
     with torch.no_grad():
@@ -291,12 +294,16 @@ def _ffn_l1(model, topo) -> float:
     )
 
 
-@pytest.mark.parametrize("weighting,eps", [("inverse", 1e-4), ("linear", 0.3)])
-def test_penalties_shrink_the_ffn(weighting, eps):
+@pytest.mark.parametrize(
+    "weighting,eps,penalty",
+    [("inverse", 1e-4, "loss"), ("linear", 0.3, "loss"), ("inverse", 1e-4, "proximal"), ("linear", 0.3, "proximal")],
+)
+def test_penalties_shrink_the_ffn(weighting, eps, penalty):
     runs = {}
     for alpha in (0.0, 0.05):
         model = tiny_model("bert")
-        method = create_method("neuroprune", {"alpha": alpha, "beta": alpha, "weighting": weighting, "eps": eps})
+        spec = {"alpha": alpha, "beta": alpha, "weighting": weighting, "eps": eps, "penalty": penalty}
+        method = create_method("neuroprune", spec)
         method.attach(model, describe(model))
         start = _ffn_l1(model, method.topo)
         logs = _steps(model, method, "bert", range(1, 16))
@@ -338,7 +345,7 @@ def test_threshold_and_zero_degree_neurons(family, tmp_path):
 def test_target_mode_is_exact_after_finalize(family):
     model = tiny_model(family)
     topo = describe(model)
-    method = create_method("neuroprune", {"alpha": 1e-3, "target_sparsity": 0.6, "theta": 1e6})
+    method = create_method("neuroprune", {"alpha": 1e-3, "target_sparsity": 0.6, "theta": 1e6, "penalty": "loss"})
     method.attach(model, topo)
     logs = _steps(model, method, family, range(1, 6), total=5)
     assert logs[-1]["near_zero_goal"] == pytest.approx(0.6) and logs[-1]["reg_scale"] > 1.0  # raised: below goal
@@ -362,17 +369,53 @@ def test_target_mode_is_exact_after_finalize(family):
     assert all(b.attention.num_heads == topo.blocks[0].attention.group_size for b in small.blocks)
 
 
-def test_controller_lowers_the_scale_above_the_schedule():
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_proximal_target_mode_follows_the_schedule(family):
+    """The pull tracks the cubic schedule without passing it (a step's pull is cut at the goal's quantile; only
+    units dying that step add a little), dead units are zeroed as they die, and the end lands on the target."""
+    model = tiny_model(family)
+    topo = describe(model)
+    method = create_method("neuroprune", {"target_sparsity": 0.6})
+    method.attach(model, topo)
+    logs = _steps(model, method, family, range(1, 21), total=20, lr=1e-3)
+    assert all(r["near_zero"] <= r["near_zero_goal"] + 0.005 for r in logs)
+    assert logs[-1]["near_zero"] >= 0.6 - 0.005  # reached by `end` (0.7) and held
+    dead = method._structure(model)
+    for name, (keep, _) in element_masks(model, dead, topo).items():  # nothing dead keeps a non-zero weight
+        assert not bool(weight_view(get_module(model, name))[~keep].any()), name
+    masks = method.finalize(model)
+    assert method.final_report["sparsity"] == pytest.approx(0.6, abs=0.005)
+    check_equal(model, masks, tiny_inputs(family))
+    nonzero = method.final_report["nonzero_weights"]
+    compact(model, masks)
+    assert (
+        sum(int(torch.count_nonzero(weight_view(get_module(model, n)))) for n in describe(model).prunable_linears())
+        == nonzero
+    )
+
+
+@pytest.mark.parametrize("penalty", ["loss", "proximal"])
+def test_controller_lowers_the_scale_above_the_schedule(penalty):
     model = tiny_model("bert")
-    method = create_method("neuroprune", {"target_sparsity": 0.5, "start": 0.5})
+    method = create_method("neuroprune", {"target_sparsity": 0.5, "start": 0.5, "penalty": penalty})
     method.attach(model, describe(model))
+    scale = method.scale
+    assert (scale == 1.0) == (penalty == "loss")  # proximal: starts from the target quantile of |w| / (omega m)
     with torch.no_grad():
         for name in method.topo.prunable_linears():
             weight_view(get_module(model, name))[:, ::2] = 0.0  # already half zero
+    before = {n: weight_view(get_module(model, n)).clone() for n in method.topo.prunable_linears()}
     method.on_step(2, 10)  # before start: untouched
-    assert method.scale == 1.0
+    assert method.scale == scale
     method.on_step(6, 10)  # goal 0.5 * (1 - 0.5^3) = 0.4375 < 0.5 measured: lower
-    assert method.scale == pytest.approx(1 / 1.02)
+    assert method.scale == pytest.approx(scale / 1.02)
+    # above the schedule the proximal step pulls nothing new (it only holds): what changed is dead structure
+    # (neurons whose W2 column the test zeroed), zeroed whole
+    dead = element_masks(model, method._structure(model), method.topo)
+    for n, w in before.items():
+        now = weight_view(get_module(model, n))
+        changed = now != w
+        assert not bool(now[changed].any()) and not bool((changed & dead[n][0]).any()), n
 
 
 # ---------------------------------------------------------------- state
@@ -424,7 +467,8 @@ def test_bad_config(config, message):
 # ---------------------------------------------------------------- under the real trainer
 
 
-def test_trainer_run_resumes_identically_and_logs(tmp_path):
+@pytest.mark.parametrize("penalty", ["loss", "proximal"])
+def test_trainer_run_resumes_identically_and_logs(tmp_path, penalty):
     from prunekit.catalog import load_model
     from prunekit.tasks import get_task, load_data
     from prunekit.train.config import TrainConfig
@@ -437,7 +481,9 @@ def test_trainer_run_resumes_identically_and_logs(tmp_path):
     )
     task = get_task(kind)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, max_length=16, checkpoint_every=4, log_every=1)
-    spec = {"alpha": 1e-3, "beta": 1e-3, "weighting": "inverse", "theta": 1e6}
+    spec = {"alpha": 1e-3, "beta": 1e-3, "weighting": "inverse", "theta": 1e6, "penalty": penalty}
+    if penalty == "proximal":  # target mode: the controller's state (scale, last zeros) is in the checkpoint
+        spec |= {"target_sparsity": 0.5}
 
     def fresh(work):
         model, tok = load_model(str(model_dir), num_labels=2)
@@ -454,7 +500,8 @@ def test_trainer_run_resumes_identically_and_logs(tmp_path):
     assert resumed_trainer.method.merges == full_trainer.method.merges != []
     records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["type"] == "train"]
-    assert {"ffn_reg", "att_reg", "near_zero", "degree_std", "heads_kept"} <= set(train[-1])
+    terms = {"ffn_reg", "att_reg"} if penalty == "loss" else {"shrink", "reg_scale", "near_zero_goal"}
+    assert terms | {"near_zero", "degree_std", "heads_kept"} <= set(train[-1])
     assert train[-1]["heads_kept"] == 2  # one head per layer left after the head step
     masks = full_trainer.method.finalize(full.model)
     check_equal(full.model, masks, {"input_ids": torch.randint(5, 100, (2, 9))})

@@ -1,10 +1,12 @@
 """Plain L1 regularisation: the baseline NeuroPrune is compared against (METHODS.md 1f).
 
-Loss term `l1` = alpha * sum |W| over the weights (not biases) of every prunable linear of the blocks,
-the same sum and the same default alpha (1e-4) as NeuroPrune's R_mlp, but with uniform weighting and no
-head step, so the two are compared at equal alpha. No masks during training. At the end either an exact
-global magnitude cut to `target_sparsity`, or (the paper's protocol) |w| <= eps set to zero and the
-structure that became dead removed.
+The penalty is sum |W| over the weights (not biases) of every prunable linear of the blocks, uniformly weighted
+and with no head step, so it differs from NeuroPrune only where NeuroPrune adds something. Proximal form (the
+default, methods/shrinkage.py): a soft threshold of `shrink` x mean|W| over the run after each optimizer step,
+the same pull NeuroPrune applies on average. Loss form: term `l1` = alpha * sum |W| (NeuroPrune's R_mlp scale).
+Target mode steers the pull to the cubic schedule as NeuroPrune's does. At the end either an exact global
+magnitude cut to `target_sparsity`, or (the paper's protocol) |w| <= eps set to zero and the structure that
+became dead removed.
 """
 
 from __future__ import annotations
@@ -16,24 +18,19 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from prunekit.masks import MaskSet, masks_from_zeros, merge, zero_masked
-from prunekit.methods.base import Method, MethodConfig, register
+from prunekit.methods.base import Method, register
 from prunekit.methods.magnitude import magnitude_masks
-from prunekit.patterns import check_sparsity, kept_count
+from prunekit.methods.shrinkage import Pull, ShrinkConfig, ShrinkState
+from prunekit.patterns import kept_count
 from prunekit.topology import Topology, get_module, weight_view
 
 
-class L1Config(MethodConfig):
-    # sum |W| is large (about 2.5e6 for BERT-base's blocks), so 1e-4 gives every weight a pull of 1e-4 * sign(w)
-    # per step: comparable to task gradients, i.e. it matters, as NeuroPrune's default with the same scale
+class L1Config(ShrinkConfig):
+    # loss form: sum |W| is large (about 2.5e6 for BERT-base's blocks), so 1e-4 gives every weight a gradient of
+    # 1e-4 * sign(w): comparable to task gradients, as NeuroPrune's default with the same scale
     alpha: float = Field(default=1e-4, ge=0)
     eps: float = Field(default=1e-4, ge=0)  # |w| <= eps counts as zero (logged, and cut at the end)
-    target_sparsity: float | None = None  # set: exact global magnitude cut to this fraction at the end
     pattern: str = "unstructured"  # of the final cut to target_sparsity: unstructured | neuron
-
-    @field_validator("target_sparsity")
-    @classmethod
-    def _target(cls, v: float | None) -> float | None:
-        return None if v is None else check_sparsity(v, "target_sparsity")
 
     @field_validator("pattern")
     @classmethod
@@ -55,29 +52,53 @@ class L1(Method):
     def __init__(self, config: L1Config | dict | None = None) -> None:
         super().__init__(config)
         self._names: list[str] = []
+        self.shrink = ShrinkState(self.config)
 
     def attach(self, model: nn.Module, topo: Topology) -> None:
         super().attach(model, topo)
         self._names = topo.prunable_linears()
+        self.shrink.attach(self._pulls())
+
+    def _pulls(self) -> list[Pull]:
+        return [(n, weight_view(get_module(self.model, n)), 1.0) for n in self._names]
 
     def _weights(self) -> list[torch.Tensor]:
         # looked up on every call (cheap), so a wrapper that replaces parameters (FSDP) is still seen
         return [get_module(self.model, name).weight for name in self._names]
 
     def loss_terms(self, model: nn.Module, batch: dict, outputs: Any) -> dict[str, torch.Tensor]:
-        if not self._names or self.config.alpha == 0:
+        if not self._names or self.config.alpha == 0 or self.config.penalty != "loss":
             return {}
         # accumulate in float32: a bf16 sum of ~1e8 terms would round the logged value badly
         total = sum(torch.linalg.vector_norm(w, ord=1, dtype=torch.float32) for w in self._weights())
-        return {"l1": self.config.alpha * total}
+        return {"l1": self.config.alpha * self.shrink.scale * total}
 
     @torch.no_grad()
     def on_step(self, step: int, total_steps: int) -> dict[str, float]:
-        weights = self._weights()
-        if not weights:
+        c = self.config
+        if not self._names:
             return {}
+        logged, mode = {}, "pull"
+        if c.target_sparsity is not None:
+            mode, logged = self.shrink.control(step, total_steps, self._near_zero())
+        if c.penalty == "proximal" and mode != "none":
+            from prunekit.methods.neuroprune import dead_structure
+
+            logged["shrink"] = self.shrink.step(self._pulls(), total_steps, mode, logged.get("near_zero_goal"))
+            zero_masked(self.model, dead_structure(self.model, self.topo), self.topo)  # as NeuroPrune: see there
+        self.shrink.near = self._near_zero()
+        return {"near_zero": self.shrink.near, **logged}
+
+    def _near_zero(self) -> float:
+        weights = self._weights()
         small = sum(int((w.abs() <= self.config.eps).sum()) for w in weights)
-        return {"near_zero": small / sum(w.numel() for w in weights)}
+        return small / max(sum(w.numel() for w in weights), 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.shrink.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.shrink.load_state_dict(state)
 
     @torch.no_grad()
     def finalize(self, model: nn.Module) -> MaskSet | None:
