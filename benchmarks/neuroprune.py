@@ -9,6 +9,7 @@ the dense model at the end (`bench`), so run nothing else meanwhile. Finished ru
 
     python benchmarks/neuroprune.py --dataset rotten_tomatoes --out runs/neuroprune/rt --dense runs/nxm/rt/dense
     python benchmarks/neuroprune.py --out runs/neuroprune/quick --quick          # plumbing, not results
+    python benchmarks/neuroprune.py ... --sparsities 0.7 --movement 0.7 --movement-epochs 2 4  # + movement runs
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         for name in ("neuroprune", "l1"):
             method = {"name": name, "target_sparsity": s}
             out[f"{name}-{tag}"] = {"model": start, "data": data, "train": train, "method": method}
+    for s in args.movement:  # the training-time comparison: movement pruning to the same sparsity, its own epochs
+        for epochs in args.movement_epochs:
+            method = {"name": "movement", "sparsity": s, "pattern": "unstructured", "scope": "global"}
+            recipe_train = {**train, "epochs": epochs}
+            out[f"movement-{round(s * 100)}-e{epochs}"] = {"model": start, "data": data, "train": recipe_train,
+                                                           "method": method}  # fmt: skip
     return out
 
 
@@ -50,6 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=2, help="epochs of every pruned run (the shared budget)")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    ap.add_argument(
+        "--movement",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also movement pruning (unstructured, global) to these sparsities: the training-time baseline",
+    )
+    ap.add_argument("--movement-epochs", type=int, nargs="+", default=[2], help="epochs of each movement run")
     ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 + 1 epochs, 50%% and 90%%")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)

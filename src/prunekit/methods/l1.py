@@ -4,9 +4,9 @@ The penalty is sum |W| over the weights (not biases) of every prunable linear of
 and with no head step, so it differs from NeuroPrune only where NeuroPrune adds something. Proximal form (the
 default, methods/shrinkage.py): a soft threshold of `shrink` x mean|W| over the run after each optimizer step,
 the same pull NeuroPrune applies on average. Loss form: term `l1` = alpha * sum |W| (NeuroPrune's R_mlp scale).
-Target mode steers the pull to the cubic schedule as NeuroPrune's does. At the end either an exact global
-magnitude cut to `target_sparsity`, or (the paper's protocol) |w| <= eps set to zero and the structure that
-became dead removed.
+Target mode steers the pull to the cubic schedule and caps it at the target quantile, as NeuroPrune's does.
+At the end either an exact global magnitude cut to `target_sparsity`, or (the paper's protocol) |w| <= eps set
+to zero and the structure that became dead removed.
 """
 
 from __future__ import annotations

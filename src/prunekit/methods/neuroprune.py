@@ -17,7 +17,8 @@ No mask variables: two regularisers during ordinary fine-tuning plus a head step
   at most ~lr per step and a few hundred fine-tuning steps zero almost nothing (measured). FFN entries are pulled
   by their neuron's degree weight (normalised to mean 1 per matrix, so the total pull equals plain L1's and only
   its distribution differs: sparse neurons empty out), Q/K/V columns by 1 / sqrt(their l1 mass) (the group
-  norm linearised at the current point). A neuron or head that dies (zero in- or out-degree) has its remaining
+  norm linearised at the current point); in target mode the pull is capped at the target quantile (capped L1:
+  weights that survive the target are not shrunk). A neuron or head that dies (zero in- or out-degree) has its remaining
   weights zeroed at once, which changes nothing it computes. `penalty: loss` keeps the paper's loss terms.
 - After each epoch, redundant heads (max |P_i - P_j| <= theta on their Q/K/V rows) are found by the greedy
   dominating set, folded into their survivor's output projection and zeroed (methods/heads.py; Llama merges whole

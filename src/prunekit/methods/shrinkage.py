@@ -12,11 +12,14 @@ matrix's mean |w| when the method attached (so one strength means the same on an
 lambda_t = scale * shrink / total_steps: `shrink` is the total pull over the run in units of m. Exact zeros stay
 zero unless the task gradient pushes back harder than tau: weights can return, so sparsity stays dynamic.
 
-In target mode the scale starts where a schedule-long pull would zero exactly `target_sparsity` of the weights
-if the task did not resist (the target quantile of |w| / (omega m), reached at `end`), then follows the measured
-near-zero fraction: up by `control_rate` per step below the cubic schedule; above it, down, and the step only
-holds the zeros (entries within tau of zero return to it; nothing new is pulled), because zeros cannot be undone
-by lowering the scale, so the controller must not overshoot.
+In target mode the pull is capped (`capped`): only entries scoring below the target quantile of |w| / (omega m)
+are pulled (capped L1, whose proximal map leaves large weights alone), because plain L1 shrinks every surviving
+weight by the whole pull, far more than a short fine-tune's optimizer steps restore. The scale starts where a
+schedule-long pull would zero exactly `target_sparsity` of the weights if the task did not resist (the target
+quantile of |w| / (omega m), reached at `end`), then follows the measured near-zero fraction: up by
+`control_rate` per step below the cubic schedule; above it, down, and the step only holds the zeros (entries
+within tau of zero return to it; nothing new is pulled), because zeros cannot be undone by lowering the scale,
+so the controller must not overshoot.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ class ShrinkConfig(MethodConfig):
     target_sparsity: float | None = None  # set: steered to the cubic schedule, exact magnitude cut at the end
     start: float = Field(default=0.0, ge=0, le=1)  # target mode: the schedule leaves 0 here (fraction of steps)
     end: float = Field(default=0.7, ge=0, le=1)  # ...and reaches the target here (also: best-checkpoint selection)
+    # target mode, proximal: pull only entries scoring below the target quantile of |w| / (omega m) (capped L1,
+    # Zhang 2010: its proximal map leaves large weights alone). Plain L1 also shrinks every surviving weight by the
+    # whole pull, ~0.7 std at 50% sparsity, far more than a few hundred AdamW steps can restore (measured: the task
+    # loss went from 0.30 to 0.64 on MiniLM-L6 / RT by 59% sparsity)
+    capped: bool = True
     control_rate: float = Field(default=0.02, gt=0, le=1)  # multiplicative change of the scale per step
     max_scale: float = Field(default=1e4, ge=1)  # loss form: the scale stays in [1 / max_scale, max_scale]
 
@@ -144,7 +152,8 @@ class ShrinkState:
         back to zero, the rest untouched); returns lambda_t (tau in units of omega m). With `goal` (a fraction of
         the pulled entries), a pull that would zero more than that is shortened to the exact score quantile that
         reaches it, so target mode never overshoots by a step's worth."""
-        lam = self.scale * self.config.shrink / max(total_steps, 1)
+        c = self.config
+        lam = self.scale * c.shrink / max(total_steps, 1)
         if mode == "none":
             return lam
         if mode == "pull" and goal is not None:
@@ -152,8 +161,11 @@ class ShrinkState:
             zeroed = sum(int((self._scores(n, w, om) <= lam).sum()) for n, w, om in pulls)
             if zeroed > goal * total:
                 lam = min(lam, self.quantile(pulls, goal, sample=False))
+        cap = self.quantile(pulls, c.target_sparsity) if mode == "pull" and c.capped and c.target_sparsity else None
         for name, w, omega in pulls:
             tau = torch.as_tensor(omega, dtype=torch.float32) * (lam * self.mean_abs[name])
+            if cap is not None:  # capped: entries above the target quantile are not pulled
+                tau = tau.to(w.device) * (self._scores(name, w, omega) <= cap)
             if mode == "pull":
                 soft_threshold_(w, tau)
             elif name in self.zeros:
