@@ -302,7 +302,7 @@ def test_penalties_shrink_the_ffn(weighting, eps, penalty):
     runs = {}
     for alpha in (0.0, 0.05):
         model = tiny_model("bert")
-        spec = {"alpha": alpha, "beta": alpha, "weighting": weighting, "eps": eps, "penalty": penalty}
+        spec = {"alpha": alpha, "beta": alpha, "weighting": weighting, "eps": eps, "penalty": penalty, "shrink": 1.0}
         method = create_method("neuroprune", spec)
         method.attach(model, describe(model))
         start = _ffn_l1(model, method.topo)

@@ -94,7 +94,7 @@ def test_capped_pull_leaves_weights_above_the_target_quantile_alone(capped):
     cap = method.shrink.quantile(pulls, 0.5)
     before = {n: w.detach().clone() for n, w, _ in pulls}
     method.on_step(1, 100)
-    lam = method.shrink.scale * 1.0 / 100  # the scale was raised before the pull (below the schedule)
+    lam = method.shrink.scale * method.config.shrink / 100  # the scale was raised before the pull
     moved = 0
     for name, w, _ in pulls:
         old, m = before[name], method.shrink.mean_abs[name]

@@ -43,7 +43,10 @@ class ShrinkConfig(MethodConfig):
     """Fields every regularised-fine-tuning method shares (l1, neuroprune)."""
 
     penalty: Literal["proximal", "loss"] = "proximal"  # loss: the paper's loss terms through the optimizer
-    shrink: float = Field(default=1.0, gt=0)  # proximal: total pull over the run, in units of each matrix's mean |w|
+    # proximal, no target: total pull over the run in units of each matrix's mean |w|. Uncapped, the pull also
+    # shrinks every surviving weight (~0.7 std of it took MiniLM-L6 to chance), so the default stays small; target
+    # mode sets the strength itself (the value cancels out of lambda_t)
+    shrink: float = Field(default=0.1, gt=0)
     target_sparsity: float | None = None  # set: steered to the cubic schedule, exact magnitude cut at the end
     start: float = Field(default=0.0, ge=0, le=1)  # target mode: the schedule leaves 0 here (fraction of steps)
     end: float = Field(default=0.7, ge=0, le=1)  # ...and reaches the target here (also: best-checkpoint selection)
