@@ -113,16 +113,7 @@ class ShrinkState:
     def quantile(self, pulls: list[Pull], q: float, sample: bool = True, reachable: bool = False) -> float:
         """The q-quantile of |w| / (omega m) over every thresholded weight (a seeded sample of them when many and
         `sample`). Entries with omega = 0 are never pulled and score infinity; `reachable` leaves them out."""
-        flat = torch.cat([self._scores(name, w, omega).flatten().cpu() for name, w, omega in pulls])
-        if reachable:
-            flat = flat[torch.isfinite(flat)]
-        if not flat.numel():
-            return 0.0
-        if sample and flat.numel() > QUANTILE_SAMPLE:
-            g = torch.Generator().manual_seed(0)
-            flat = flat[torch.randint(flat.numel(), (QUANTILE_SAMPLE,), generator=g)]
-        k = min(max(round(q * flat.numel()), 1), flat.numel())
-        return float(flat.kthvalue(k).values)
+        return _quantile([self._scores(n, w, om) for n, w, om in pulls], q, sample, reachable)
 
     def _scores(self, name: str, w: torch.Tensor, omega: torch.Tensor | float) -> torch.Tensor:
         om = torch.as_tensor(omega, dtype=torch.float32).to(w.device) * self.mean_abs[name]
@@ -133,7 +124,7 @@ class ShrinkState:
         """Target mode: move the scale toward the schedule. Returns what the proximal step does now, `pull`
         (below the schedule, or no target), `hold` (above it: entries the last move left at zero and the optimizer
         nudged by less than tau go back to zero, so only a strong gradient regrows one, and nothing new is pulled:
-        cannot be undone by lowering the scale) or `none` (before `start`), and the values to log. `near` is
+        zeros cannot be undone by lowering the scale) or `none` (before `start`), and the values to log. `near` is
         the fraction now; the one left by the previous step's proximal move is used when there is one."""
         c = self.config
         near = near if self.near is None else self.near
@@ -159,21 +150,26 @@ class ShrinkState:
         lam = self.scale * c.shrink / max(total_steps, 1)
         if mode == "none":
             return lam
+        capped = mode == "pull" and c.capped and bool(c.target_sparsity)
+        # the scores before the move, computed once: the goal check, the cap and the band all read them
+        scores = (
+            [self._scores(n, w, om) for n, w, om in pulls] if capped or (mode == "pull" and goal is not None) else None
+        )
         if mode == "pull" and goal is not None:
             total = sum(w.numel() for _, w, _ in pulls)
-            zeroed = sum(int((self._scores(n, w, om) <= lam).sum()) for n, w, om in pulls)
+            zeroed = sum(int((sc <= lam).sum()) for sc in scores)
             if zeroed > goal * total:
-                lam = min(lam, self.quantile(pulls, goal, sample=False))
-        cap = self.quantile(pulls, c.target_sparsity) if mode == "pull" and c.capped and c.target_sparsity else None
-        for name, w, omega in pulls:
+                lam = min(lam, _quantile(scores, goal, sample=False))
+        cap = _quantile(scores, c.target_sparsity) if capped else None
+        for k, (name, w, omega) in enumerate(pulls):
             tau = torch.as_tensor(omega, dtype=torch.float32) * (lam * self.mean_abs[name])
             if cap is not None:  # capped: entries above the target quantile are not pulled
-                tau = tau.to(w.device) * (self._scores(name, w, omega) <= cap)
+                tau = tau.to(w.device) * (scores[k] <= cap)
             if mode == "pull":
                 soft_threshold_(w, tau)
             elif name in self.zeros:
                 w.masked_fill_(self.zeros[name].to(w.device) & (w.abs().float() <= tau.to(w.device)), 0.0)
-            if self.config.target_sparsity is not None:
+            if c.target_sparsity is not None:
                 self.zeros[name] = (w == 0).cpu()
         return lam
 
@@ -186,3 +182,18 @@ class ShrinkState:
         self.scale = float(state.get("scale", self.scale))
         self.near = None if state.get("near") is None else float(state["near"])
         self.zeros = {str(k): v.bool().clone() for k, v in state.get("zeros", {}).items()}
+
+
+def _quantile(scores: list[torch.Tensor], q: float, sample: bool = True, reachable: bool = False) -> float:
+    """The q-quantile of the scores (a seeded sample of them when many and `sample`; only finite ones when
+    `reachable`)."""
+    flat = torch.cat([sc.flatten().cpu() for sc in scores])
+    if reachable:
+        flat = flat[torch.isfinite(flat)]
+    if not flat.numel():
+        return 0.0
+    if sample and flat.numel() > QUANTILE_SAMPLE:
+        g = torch.Generator().manual_seed(0)
+        flat = flat[torch.randint(flat.numel(), (QUANTILE_SAMPLE,), generator=g)]
+    k = min(max(round(q * flat.numel()), 1), flat.numel())
+    return float(flat.kthvalue(k).values)
