@@ -60,7 +60,8 @@ def test_nm_projection_is_optimal(m, data, rows, groups, seed, ties):
     assert torch.equal(nm_project(w, n, m), w * mask)
     for r in range(rows):
         for gi in range(groups):
-            block = w[r, gi * m : (gi + 1) * m].abs()
+            # float64: the reference subtracts sums of squares, which float32 rounds by ~1e-6 (a flaky failure)
+            block = w[r, gi * m : (gi + 1) * m].abs().double()
             kept = mask[r, gi * m : (gi + 1) * m]
             assert int(kept.sum()) == n
             best = max(float(block[list(c)].sum()) for c in itertools.combinations(range(m), n))
