@@ -160,6 +160,8 @@ class PrunekitMixin:
         """The Trainer's optimizer plus the method's groups; the method's parameters leave the default groups."""
         if self.optimizer is not None:  # given by the user: the callback checks it holds the method's parameters
             return super().create_optimizer(model)
+        if getattr(self.state, "max_steps", 0) > 0:  # train() has counted the steps by now
+            self.method.planned_steps = self.state.max_steps
         groups = [{**g, "params": list(g["params"])} for g in self.method.parameter_groups()]
         groups = [g for g in groups if g["params"]]
         extra = {id(p) for g in groups for p in g["params"]}

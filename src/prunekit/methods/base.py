@@ -28,6 +28,7 @@ class Method:
     """One pruning method. Lifecycle, as the trainer calls it:
 
     attach(model, topo)            before the optimizer is built (create scores, masks, ADMM state)
+    planned_steps = T              the stage's optimizer steps, set before parameter_groups() (None: unknown)
     parameter_groups()             extra optimizer groups (scores, thresholds) with their own lr
     loss_terms(model, batch, out)  named tensors added to the task loss (logged separately)
     on_step(step, total)           after each optimizer step; returns values to log
@@ -48,6 +49,7 @@ class Method:
         self.config = config if isinstance(config, MethodConfig) else self.config_class.model_validate(config)
         self.model: nn.Module | None = None
         self.topo: Topology | None = None
+        self.planned_steps: int | None = None  # a learning rate that must cover a distance in the stage needs it
 
     def attach(self, model: nn.Module, topo: Topology) -> None:
         self.model, self.topo = model, topo

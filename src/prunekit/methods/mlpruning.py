@@ -255,7 +255,14 @@ class MLPruningConfig(MethodConfig):
     block_target: float = Field(0.35, gt=0, le=1)  # tau2: fraction of the remaining matrices' weights step 2 keeps
     block: int = Field(32, ge=1)  # B of the B x B blocks; step 1 rounds kept units up to it
     round_to_block: bool = True
-    score_lr: float = Field(1e-2, gt=0)  # scores and thresholds: their own optimizer group, no weight decay
+    score_lr: float = Field(1e-2, gt=0)  # scores: their own optimizer group, no decay (Top-k reads only their order)
+    # thresholds: their own group, no decay and no momentum (the regulariser's gradient vanishes at the target, and
+    # momentum carries a threshold past it). auto = (threshold_init - logit(target)) / (reach * the stage's steps):
+    # Adam moves a threshold about its lr per step, so it can get from its start to the target in the first
+    # `reach` of the stage (~0.4 with the default warm-up and linear decay), whatever the stage's length
+    threshold_lr: float | Literal["auto"] = "auto"
+    reach: float = Field(0.3, gt=0, le=1)
+    threshold_betas: tuple[float, float] = (0.0, 0.9)
     score_init: float = 0.0
     threshold_init: float = 10.0
     lambda_final: float = Field(2e4, ge=0)
@@ -268,6 +275,20 @@ class MLPruningConfig(MethodConfig):
     # the trainer keeps its best validation checkpoint only from this fraction of a stage's steps on, when the
     # regulariser has brought the density to its target
     end: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("threshold_lr")
+    @classmethod
+    def _threshold_lr(cls, v: float | str) -> float | str:
+        if v != "auto" and not float(v) > 0:
+            raise ValueError("threshold_lr must be positive, or auto")
+        return v
+
+    @field_validator("threshold_betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("threshold_betas must lie in [0, 1), e.g. [0.0, 0.9]")
+        return v
 
     @field_validator("units")
     @classmethod
@@ -371,11 +392,30 @@ class MLPruning(Method):
                 self._gated.append(name)
         self._dense_step = float(sum(m["weights"] for m in self._meta.values()))
 
+    def threshold_lr(self) -> float:
+        """The thresholds' learning rate: the configured one, or `auto` for this stage's length (score_lr when
+        the length is unknown, as with an optimizer built by hand)."""
+        c = self.config
+        if c.threshold_lr != "auto":
+            return float(c.threshold_lr)
+        if not self.planned_steps:
+            return c.score_lr
+        target = min(max(self._target(), 1e-3), 1 - 1e-3)
+        travel = max(c.threshold_init - math.log(target / (1 - target)), 1.0)
+        return travel / (c.reach * self.planned_steps)
+
     def parameter_groups(self) -> list[dict[str, Any]]:
-        params = [p for unit in self._units.values() for p in (unit.scores, unit.threshold)]
-        if not params:
+        if not self._units:
             return []
-        return [{"params": params, "lr": self.config.score_lr, "weight_decay": 0.0, "name": "mlpruning_scores"}]
+        lr = self.threshold_lr()
+        self.info.setdefault("threshold_lr", {})[str(self.step)] = lr
+        scores = [unit.scores for unit in self._units.values()]
+        thresholds = [unit.threshold for unit in self._units.values()]
+        return [
+            {"params": scores, "lr": self.config.score_lr, "weight_decay": 0.0, "name": "mlpruning_scores"},
+            {"params": thresholds, "lr": lr, "betas": tuple(self.config.threshold_betas), "weight_decay": 0.0,
+             "name": "mlpruning_thresholds"},
+        ]  # fmt: skip
 
     # ------------------------------------------------------------ density and regulariser
 

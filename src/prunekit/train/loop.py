@@ -142,6 +142,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.features), self.cfg, world)
         total = self.steps_per_epoch * self.cfg.epochs
         self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+        self.method.planned_steps = self.total_steps
         self.optimizer = torch.optim.AdamW(_param_groups(model, self.method, self.cfg.weight_decay), lr=self.cfg.lr)
         from transformers import get_linear_schedule_with_warmup
 

@@ -1,0 +1,102 @@
+"""MLPruning suite: step 1 (heads and rows) and step 2 (blocks) beside gradual magnitude and movement pruning at
+the same kept fraction of block weights and the same epoch budget, from one dense run.
+
+- `mlpruning-1`: step 1 to `--tau1` of the block weights, KD (logits, hidden states, attention) from the dense run;
+- `mlpruning-2`: step 2 from `mlpruning-1` (rounded up to the block size, compacted), B x B blocks pruned until
+  `--overall` of the dense block weights remain, KD from the step-1 model; block-sparse kernels where timed faster;
+- baselines keeping the fraction each MLPruning step measurably kept, for `--epochs` after step 1 and twice that
+  after step 2 (the budget steps 1 + 2 had):
+  `magnitude-hn` / `movement-hn` prune heads and FFN neurons to the same fraction (structured: they speed up),
+  `magnitude-u` unstructured global magnitude (the accuracy reference: no speedup on a CPU).
+Every run benchmarks itself against the dense model at the end (batch 1 and 32, sequence 128), so run nothing else
+meanwhile. Finished runs are skipped and interrupted ones resumed; the table at the end is `prunekit compare`.
+
+    python benchmarks/mlpruning.py --dataset rotten_tomatoes --out runs/mlpruning/rt --dense runs/nxm/rt/dense
+    python benchmarks/mlpruning.py --out runs/mlpruning/quick --quick          # plumbing, not results
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from _suite import compare, data_and_common, dense_recipe, run, seed_summary
+
+KD = {"teacher": "dense", "alpha": 0.9, "temperature": 2.0, "hidden_weight": 1.0, "attention_weight": 1.0}
+
+
+def kept_block_fraction(run_dir: Path) -> float:
+    """Non-zero block weights of a finished run over the dense model's, from its own benchmark."""
+    from prunekit.io import read_manifest
+
+    return float(read_manifest(run_dir).bench["params"]["ratio"]["blocks_nonzero"])
+
+
+def baselines(start: str, data: dict, train: dict, kept: float, epochs: int, tag: str) -> dict[str, dict[str, Any]]:
+    s = round(1.0 - kept, 4)
+    recipe = {"model": start, "data": data, "train": {**train, "epochs": epochs}}
+    structured = {"pattern": ["head", "neuron"], "sparsity": s, "scope": "layer"}
+    return {
+        f"magnitude-hn-{tag}": recipe | {"method": {"name": "magnitude", **structured}},
+        f"movement-hn-{tag}": recipe | {"method": {"name": "movement", **structured}},
+        f"magnitude-u-{tag}": recipe
+        | {"method": {"name": "magnitude", "pattern": "unstructured", "sparsity": s, "scope": "global"}},  # fmt: skip
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="rotten_tomatoes")
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--dense", default=None, help="a dense fine-tuned run directory to start from (else one is made)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-train", type=int, default=4000)
+    ap.add_argument("--max-examples", type=int, default=None, help="cap on every split but the training one")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--dense-epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2, help="epochs of each MLPruning step (the baselines get the same)")
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--tau1", type=float, default=0.5, help="kept fraction of block weights after step 1")
+    ap.add_argument("--overall", type=float, default=0.2, help="kept fraction of the dense block weights after step 2")
+    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 epoch per step")
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.max_train, args.dense_epochs, args.epochs = 1000, 1, 1
+        args.max_examples = args.max_examples or 500
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data, common = data_and_common(args)
+    start = args.dense
+    if start is None:
+        start = str(out / "dense")
+        run("dense", dense_recipe(args, data, common), out, args.progress)
+    train = {"epochs": args.epochs, "lr": args.lr, **common}
+    method = {"name": "mlpruning", "block": args.block}
+    step1 = {"model": start, "data": data, "train": train, "distill": KD,
+             "method": method | {"step": 1, "target": args.tau1}}  # fmt: skip
+    run("mlpruning-1", step1, out, args.progress)
+    kept1 = kept_block_fraction(out / "mlpruning-1")
+    block_target = min(1.0, args.overall / kept1)  # of what step 1 left, so that `overall` of the dense remains
+    step2 = {"model": str(out / "mlpruning-1"), "data": data, "train": train, "distill": KD,
+             "method": method | {"step": 2, "block_target": round(block_target, 4)}}  # fmt: skip
+    run("mlpruning-2", step2, out, args.progress)
+    kept2 = kept_block_fraction(out / "mlpruning-2")
+    # the baselines keep what MLPruning measurably kept (its regulariser stops near, not at, its targets)
+    tag1, tag2 = f"{round(args.tau1 * 100)}", f"{round(args.overall * 100)}"
+    todo = {**baselines(start, data, train, kept1, args.epochs, tag1),
+            **baselines(start, data, train, kept2, 2 * args.epochs, tag2)}  # fmt: skip
+    for name, recipe in todo.items():
+        run(name, recipe, out, args.progress)
+    print(
+        f"MLPruning kept {kept1:.3f} of the dense block weights after step 1 (target {args.tau1}), {kept2:.3f} "
+        f"after step 2 (target {args.overall}; block target {block_target:.3f} of step 1's)"
+    )
+    print(seed_summary(compare(out, ["mlpruning-1", "mlpruning-2", *todo])))
+
+
+if __name__ == "__main__":
+    main()
