@@ -2,8 +2,9 @@
 the same kept fraction of block weights and the same epoch budget, from one dense run.
 
 - `mlpruning-1`: step 1 to `--tau1` of the block weights, KD (logits, hidden states, attention) from the dense run;
-- `mlpruning-2`: step 2 from `mlpruning-1` (rounded up to the block size, compacted), B x B blocks pruned until
-  `--overall` of the dense block weights remain, KD from the step-1 model; block-sparse kernels where timed faster;
+- `mlpruning-2`: both steps in one run (`step: both`; its step 1 is `mlpruning-1` again, the seeds being the
+  same): after step 1, B x B blocks pruned until `--overall` of the dense block weights remain, KD from the step-1
+  model, block-sparse kernels where timed faster; benchmarked against the dense model like every other run;
 - baselines keeping the fraction each MLPruning step measurably kept, for `--epochs` after step 1 and twice that
   after step 2 (the budget steps 1 + 2 had):
   `magnitude-hn` / `movement-hn` prune heads and FFN neurons to the same fraction (structured: they speed up),
@@ -81,9 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     run("mlpruning-1", step1, out, args.progress)
     kept1 = kept_block_fraction(out / "mlpruning-1")
     block_target = min(1.0, args.overall / kept1)  # of what step 1 left, so that `overall` of the dense remains
-    step2 = {"model": str(out / "mlpruning-1"), "data": data, "train": train, "distill": KD,
-             "method": method | {"step": 2, "block_target": round(block_target, 4)}}  # fmt: skip
-    run("mlpruning-2", step2, out, args.progress)
+    steps = {"step": "both", "target": args.tau1, "block_target": round(block_target, 4)}
+    both = {"model": start, "data": data, "train": train, "distill": KD, "method": method | steps}
+    run("mlpruning-2", both, out, args.progress)
     kept2 = kept_block_fraction(out / "mlpruning-2")
     # the baselines keep what MLPruning measurably kept (its regulariser stops near, not at, its targets)
     tag1, tag2 = f"{round(args.tau1 * 100)}", f"{round(args.overall * 100)}"

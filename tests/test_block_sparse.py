@@ -138,6 +138,23 @@ def test_pack_always_then_save_load_and_same_outputs(family, tmp_path):
     assert not any(isinstance(m, BlockSparseLinear) for m in model.modules())
 
 
+def test_flops_of_a_packed_matrix_count_only_its_kept_blocks():
+    from prunekit.bench import flops_per_token
+
+    model = _block_prune_model("bert")
+    dense = flops_per_token(model, 16)["blocks"]
+    pack_block_sparse(model, always=True)
+    kept = sum(
+        2 * m.out_features * m.in_features * block_density(m.weight, m.block)
+        for m in model.modules()
+        if isinstance(m, BlockSparseLinear)
+    )
+    assert 0 < kept < dense
+    assert flops_per_token(model, 16)["blocks"] == pytest.approx(kept)
+    unpack_block_sparse(model)
+    assert flops_per_token(model, 16)["blocks"] == pytest.approx(dense)
+
+
 def test_pack_auto_decides_by_timing_and_skips_dense_matrices():
     model = _block_prune_model("bert")
     with torch.no_grad():  # one matrix without any zero block

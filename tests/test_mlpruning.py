@@ -139,7 +139,7 @@ def _set_thresholds(method, seed: int, low: float = -2.0, high: float = 2.0) -> 
 def test_step1_density_equals_the_kept_fraction_after_compaction(family, seed):
     model = tiny_model(family)
     dense = block_parameter_count(model)[0]
-    method = _method({"step": 1})
+    method = _method({"step": 1, "round_to_block": False})
     method.attach(model, describe(model))
     assert method._dense_step == dense  # dense counts come from the topology, biases and GQA included
     _set_thresholds(method, seed)
@@ -154,6 +154,28 @@ def test_step1_density_equals_the_kept_fraction_after_compaction(family, seed):
     assert kept_density >= ratio_density - 1e-6
     if family == "llama":  # units are KV groups: K and V shrink with the kept units
         assert all(b.attention.num_kv_heads * 2 == b.attention.num_heads for b in describe(model).blocks)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_step1_alone_rounds_up_so_a_later_step2_packs_every_matrix(family):
+    from prunekit.kernels.block_sparse import block_mask
+
+    model = tiny_model(family)
+    method = _method({"step": 1})  # block 8
+    method.attach(model, describe(model))
+    _set_thresholds(method, 3)
+    plain = _method({"step": 1, "round_to_block": False})
+    kept = {key: unit.kept() for key, unit in method._units.items()}
+    compact(model, method.finalize(model))
+    topo = describe(model)
+    for b in topo.blocks:
+        for name in b.linears():
+            out_f, in_f = weight_view(get_module(model, name)).shape
+            assert out_f % 8 == 0 and in_f % 8 == 0, name
+            block_mask(get_module(model, name).weight, 8)  # what packing calls: refuses a ragged weight
+    rows = {b.index: int(b.ffn.width) for b in topo.blocks}
+    assert any(rows[layer] > k for (layer, kind), k in kept.items() if kind == "neurons")  # it did round up
+    assert method.info["step1"]["layers"] and plain.config.round_to_block is False
 
 
 @pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
@@ -182,7 +204,7 @@ def test_step2_density_equals_the_kept_block_fraction(family):
 def test_parametrized_model_equals_its_compaction(family):
     model = tiny_model(family)
     inputs = tiny_inputs(family)
-    method = _method({"step": 1})
+    method = _method({"step": 1, "round_to_block": False})  # rounding up brings units back: not the masked model
     method.attach(model, describe(model))
     _set_thresholds(method, 7, -1.0, 1.0)
     with torch.no_grad():

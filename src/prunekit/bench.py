@@ -116,17 +116,21 @@ def flops_per_token(model: nn.Module, seq_len: int, topo: Topology | None = None
     for QK^T and as much for AV, over the full square (dense kernels compute it, causal or not). `head`:
     linears outside the blocks and embeddings, divided by seq_len where they run once per sequence.
     Norms, softmax, activations, biases and embedding lookups are left out (small, and not what pruning
-    removes). These are dense FLOPs: N:M or unstructured zeros inside a weight do not reduce them, since a
-    dense GEMM multiplies the zeros too.
+    removes). N:M or unstructured zeros inside a weight do not reduce them, since a dense GEMM multiplies the
+    zeros too; a matrix packed into the block-sparse kernel (`BlockSparseLinear`) counts only its kept blocks.
     """
     if seq_len <= 0:
         raise UsageError(f"seq_len must be positive, got {seq_len}")
     topo = topo or describe(model)
     blocks = scores = 0.0
+    from prunekit.kernels import BlockSparseLinear, block_density
+
     for b in topo.blocks:
         for name in b.linears():
-            out_f, in_f = linear_shape(get_module(model, name))
-            blocks += 2 * out_f * in_f
+            module = get_module(model, name)
+            out_f, in_f = linear_shape(module)
+            kept = block_density(module.weight, module.block) if isinstance(module, BlockSparseLinear) else 1.0
+            blocks += 2 * out_f * in_f * kept
         if b.attention is not None:
             scores += b.attention.num_heads * 2 * (2 * seq_len * b.attention.head_dim)
     head = 0.0

@@ -25,11 +25,7 @@ def _new_like(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None
     out_f, in_f = weight.shape
     index = getattr(module, "out_index", None)
     if is_conv1d(module):
-        new = (
-            ScatterConv1D(in_f, out_f, module.full_features)
-            if index is not None
-            else PrunedConv1D(out_f, in_f)
-        )
+        new = ScatterConv1D(in_f, out_f, module.full_features) if index is not None else PrunedConv1D(out_f, in_f)
         new.weight = nn.Parameter(weight.T.contiguous(), requires_grad=module.weight.requires_grad)
     else:
         if index is not None:
@@ -108,9 +104,7 @@ def _mpnet_position_bias(core: nn.Module, kept: torch.Tensor) -> None:
         core._prunekit_hook = core.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def _compact_heads(
-    model: nn.Module, fam: Family, att: AttentionSpec, heads: torch.Tensor, layer: int
-) -> None:
+def _compact_heads(model: nn.Module, fam: Family, att: AttentionSpec, heads: torch.Tensor, layer: int) -> None:
     heads = heads.bool().cpu()
     if bool(heads.all()):
         return
@@ -134,9 +128,7 @@ def _compact_heads(
         set_module(
             model,
             att.q,
-            slice_linear(
-                get_module(model, att.q), out_idx=torch.cat([q_idx, kv_idx + width, kv_idx + 2 * width])
-            ),
+            slice_linear(get_module(model, att.q), out_idx=torch.cat([q_idx, kv_idx + width, kv_idx + 2 * width])),
         )
     else:
         set_module(model, att.q, slice_linear(get_module(model, att.q), out_idx=q_idx))

@@ -4,8 +4,9 @@ learnable Top-k threshold, an adaptive regulariser toward a target density, and 
 Step 1 prunes attention heads, rows of Wo (hidden dimensions the attention writes), FFN neurons (rows of W1,
 columns of W2) and rows of W2. A head unit is a KV group: one head without grouped-query attention; with
 GQA, a KV head and its query heads, so K and V shrink with the kept units and the result always compacts.
-Its score is shared by the unit's Q, K, V rows and Wo columns. Step 2, after the kept units are rounded up to
-the block size and the model compacted, prunes B x B blocks of every remaining matrix.
+Its score is shared by the unit's Q, K, V rows and Wo columns. Step 1 ends by rounding the kept units up to the
+block size (also when it runs alone, so a later step 2 can pack every matrix); step 2, on the compacted model,
+prunes B x B blocks of every remaining matrix.
 
 Each unit type of each layer (step 1) or each matrix (step 2) has scores S (init 0) and one threshold t
 (init 10): the forward keeps the top ceil(sigmoid(t) * n) scores (`TopKBinarizer`), the backward is
@@ -254,7 +255,7 @@ class MLPruningConfig(MethodConfig):
     target: float = Field(0.5, gt=0, le=1)  # tau1: fraction of the blocks' weights (and biases) kept by step 1
     block_target: float = Field(0.35, gt=0, le=1)  # tau2: fraction of the remaining matrices' weights step 2 keeps
     block: int = Field(32, ge=1)  # B of the B x B blocks; step 1 rounds kept units up to it
-    round_to_block: bool = True
+    round_to_block: bool = True  # step 1 ends with kept units rounded up to a multiple of `block` (then compacted)
     score_lr: float = Field(1e-2, gt=0)  # scores: their own optimizer group, no decay (Top-k reads only their order)
     # thresholds: their own group, no decay and no momentum (the regulariser's gradient vanishes at the target, and
     # momentum carries a threshold past it). auto = (threshold_init - logit(target)) / (reach * the stage's steps):
@@ -580,7 +581,9 @@ class MLPruning(Method):
         if self.step == 1:
             if self.config.step == "both":
                 warnings.warn("mlpruning: finalize() before next_stage(): step 2 (blocks) did not run", stacklevel=2)
-            masks = self._step1_masks()
+            # rounded up as next_stage() does, so that a later `step: 2` run on this model can pack every matrix
+            masks = self._step1_masks(round_up=self.config.round_to_block)
+            self.info["step1"] = self._summary1(masks)
             self._remove(model, leave=False)
         else:
             masks = self._step2_masks()

@@ -167,9 +167,7 @@ def family_of(model: nn.Module) -> Family:
 
 def _find_layers(model: nn.Module, fam: Family) -> str:
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and (
-            name == fam.layers_suffix or name.endswith("." + fam.layers_suffix)
-        ):
+        if isinstance(module, nn.ModuleList) and (name == fam.layers_suffix or name.endswith("." + fam.layers_suffix)):
             return name
     raise UsageError(f"no '{fam.layers_suffix}' block list found in this {fam.name} model")
 
