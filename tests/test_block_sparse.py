@@ -155,6 +155,31 @@ def test_flops_of_a_packed_matrix_count_only_its_kept_blocks():
     assert flops_per_token(model, 16)["blocks"] == pytest.approx(dense)
 
 
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_load_puts_block_pruned_matrices_back_into_the_kernel(family, tmp_path):
+    from prunekit.errors import UsageError
+    from prunekit.io import load, save
+
+    model = _block_prune_model(family)
+    names = describe(model).prunable_linears()
+    inputs = tiny_inputs(family)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+    save(model, tmp_path / "run", patterns={name: "8x8" for name in names[:3]} | {names[3]: "unstructured"})
+    packed = load(tmp_path / "run", block_sparse="always")
+    kernels = {n for n, m in packed.named_modules() if isinstance(m, BlockSparseLinear)}
+    assert kernels == set(names[:3])  # what the manifest says was block-pruned, nothing else
+    plain = load(tmp_path / "run", block_sparse="never")
+    assert not any(isinstance(m, BlockSparseLinear) for m in plain.modules())
+    auto = load(tmp_path / "run")  # timed on this machine: any subset of the three
+    assert {n for n, m in auto.named_modules() if isinstance(m, BlockSparseLinear)} <= set(names[:3])
+    with torch.no_grad():
+        for m in (packed, plain, auto):
+            torch.testing.assert_close(m(**inputs).logits, ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(UsageError, match="block_sparse"):
+        load(tmp_path / "run", block_sparse="sometimes")
+
+
 def test_pack_auto_decides_by_timing_and_skips_dense_matrices():
     model = _block_prune_model("bert")
     with torch.no_grad():  # one matrix without any zero block

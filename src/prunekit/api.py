@@ -44,7 +44,8 @@ def load_source(
     from prunekit.io import MANIFEST, load, read_manifest
 
     if (Path(source) / MANIFEST).exists():
-        model, tok = load(source, with_tokenizer=True)  # checks the tokenizer against the embedding
+        # a training source: plain linears (checks the tokenizer against the embedding)
+        model, tok = load(source, with_tokenizer=True, block_sparse="never")
         return model, tok, read_manifest(source)
     model, tok = load_model(source, task=task_head, num_labels=num_labels, trust_remote_code=trust_remote_code)
     return model.eval(), tok, None
@@ -217,7 +218,7 @@ def evaluate_run(
     if "kind" not in info:
         raise UsageError(f"'{run_dir}' records no task (it was not trained by prunekit): evaluate needs one")
     task = get_task(info["kind"], **(info.get("options") or {}))
-    model, tok = load(run_dir, with_tokenizer=True)
+    model, tok = load(run_dir, with_tokenizer=True, block_sparse="never")  # same outputs, no timing
     recipe = manifest.recipe or {}
     max_length = max_length or (recipe.get("train") or {}).get("max_length", 128)
     if data is not None:

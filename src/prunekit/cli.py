@@ -204,7 +204,7 @@ def export(
     path = Path(out or Path(run_dir) / "model.onnx")
     if path.exists() and not overwrite:
         raise UsageError(f"'{path}' exists: choose another --out or pass --overwrite")
-    info = export_onnx(load(run_dir), path)
+    info = export_onnx(load(run_dir, block_sparse="never"), path)
     typer.echo(f"wrote {path} ({info['exporter']} exporter, max |onnxruntime - torch| = {info['max_abs_diff']:.2e})")
 
 

@@ -292,10 +292,40 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], problem:
     return model
 
 
-def load(run_dir: str | Path, *, device: str | torch.device = "cpu", with_tokenizer: bool = False):
-    """Rebuild the saved model with its per-layer shapes and load its weights (strict)."""
+BLOCK_SPARSE_MODES = ("auto", "always", "never")
+
+
+def repack_block_sparse(model: nn.Module, patterns: dict[str, str], *, always: bool = False) -> int:
+    """Pack the matrices whose pattern is a square block (`32x32`) where the kernel wins; returns how many."""
+    from prunekit.kernels import pack_block_sparse
+    from prunekit.patterns import parse_pattern
+
+    by_block: dict[int, list[str]] = {}
+    for name, text in patterns.items():
+        try:
+            p = parse_pattern(text)
+        except UsageError:
+            continue
+        if p.kind == "block" and p.block[0] == p.block[1]:
+            by_block.setdefault(p.block[0], []).append(name)
+    return sum(pack_block_sparse(model, names=n, block=b, always=always)["packed"] for b, n in by_block.items())
+
+
+def load(
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    with_tokenizer: bool = False,
+    block_sparse: str = "auto",
+):
+    """Rebuild the saved model with its per-layer shapes and load its weights (strict). Matrices saved block-pruned
+    (a `BxB` pattern in the manifest: MLPruning's step 2) go back into the block-sparse kernel where it is timed
+    faster than dense on this device (`block_sparse: auto`; training's decision was for its own machine), into it
+    regardless (`always`), or stay plain linears (`never`)."""
     from transformers import AutoConfig
 
+    if block_sparse not in BLOCK_SPARSE_MODES:
+        raise UsageError(f"block_sparse '{block_sparse}' is not one of {', '.join(BLOCK_SPARSE_MODES)}")
     run_dir = Path(run_dir)
     from prunekit.nm_storage import NM_WEIGHTS, decompress_state, read_nm_file
 
@@ -336,6 +366,8 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu", with_tokeni
     fix = "restore the run directory or re-run the job"
     load_state_strict(model, state, f"{weights} does not match its manifest", fix)
     model.to(device).eval()
+    if block_sparse != "never":
+        repack_block_sparse(model, manifest.patterns, always=block_sparse == "always")
     if with_tokenizer:
         from prunekit.catalog.models import _load_tokenizer, check_tokenizer
 

@@ -183,7 +183,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
         if resume and (dense_dir / "prunekit.json").exists():
             from prunekit.io import load
 
-            model = load(dense_dir).train()
+            model = load(dense_dir, block_sparse="never").train()
             log(f"dense fine-tune: reusing {dense_dir}")
         else:
             res = train(model, tok, task, data, config=recipe.finetune, work_dir=work, resume=resume,
