@@ -19,10 +19,11 @@ meanwhile. Finished runs are skipped and interrupted ones resumed; the table at 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
-from _suite import compare, data_and_common, dense_recipe, run, seed_summary
+from _suite import compare, data_and_common, dense_recipe, prunekit, run, seed_summary
 
 KD = {"teacher": "dense", "alpha": 0.9, "temperature": 2.0, "hidden_weight": 1.0, "attention_weight": 1.0}
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overall", type=float, default=0.2, help="kept fraction of the dense block weights after step 2")
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 epoch per step")
+    ap.add_argument("--rebench", action="store_true", help="re-measure every run's latency at the end, in turn")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     if args.quick:
@@ -96,7 +98,32 @@ def main(argv: list[str] | None = None) -> None:
         f"MLPruning kept {kept1:.3f} of the dense block weights after step 1 (target {args.tau1}), {kept2:.3f} "
         f"after step 2 (target {args.overall}; block target {block_target:.3f} of step 1's)"
     )
-    print(seed_summary(compare(out, ["mlpruning-1", "mlpruning-2", *todo])))
+    names = ["mlpruning-1", "mlpruning-2", *todo]
+    print(seed_summary(compare(out, names)))
+    if args.rebench:
+        print(rebench(out, names))
+
+
+def rebench(out: Path, names: list[str]) -> str:
+    """Every run's latency again, one after another on a quiet machine (`prunekit bench`: a block-pruned run is
+    loaded back into the block-sparse kernel where it is timed faster), as one markdown table."""
+    from prunekit.io import read_manifest
+
+    lines = ["| run | test | block params kept | non-zero block weights | FLOPs | speedup b1 | speedup b32 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name in names:
+        run_dir = out / name
+        b = json.loads(prunekit("bench", str(run_dir), "--batch", "1", "--batch", "32", "--seq", "128", "--json",
+                                capture=True))  # fmt: skip
+        m = read_manifest(run_dir)
+        key = (m.task or {}).get("main_metric", "accuracy")
+        ratio = b["params"]["ratio"]
+        speed = {r["batch"]: r["speedup"] for r in b["latency"]}
+        flops = b["flops_per_token"][0]["ratio"]["total"]
+        cells = [name, f"{m.metrics['test'][key]:.4f}", f"{ratio['blocks']:.1%}", f"{ratio['blocks_nonzero']:.1%}",
+                 f"{flops:.2f}", f"{speed[1]:.2f}x", f"{speed[32]:.2f}x"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
