@@ -14,6 +14,24 @@ from typing import Any
 import yaml
 
 
+def suite_parser(doc: str, epochs_help: str) -> argparse.ArgumentParser:
+    """The arguments a suite that starts from one dense run shares: data, model, the dense start, budget."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--dataset", default="rotten_tomatoes")
+    ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--dense", default=None, help="a dense fine-tuned run directory to start from (else one is made)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-train", type=int, default=4000)
+    ap.add_argument("--max-examples", type=int, default=None, help="cap on every split but the training one")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--dense-epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2, help=epochs_help)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    return ap
+
+
 def data_and_common(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The recipes' data section (seeded, training cap, optional cap on the other splits) and shared train keys."""
     data: dict[str, Any] = {"dataset": args.dataset, "seed": args.seed, "max_train_examples": args.max_train}

@@ -18,12 +18,11 @@ meanwhile. Finished runs are skipped and interrupted ones resumed; the table at 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from _suite import compare, data_and_common, dense_recipe, prunekit, run, seed_summary
+from _suite import compare, data_and_common, dense_recipe, prunekit, run, seed_summary, suite_parser
 
 KD = {"teacher": "dense", "alpha": 0.9, "temperature": 2.0, "hidden_weight": 1.0, "attention_weight": 1.0}
 
@@ -48,24 +47,12 @@ def baselines(start: str, data: dict, train: dict, kept: float, epochs: int, tag
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="rotten_tomatoes")
-    ap.add_argument("--model", default="minilm-l6")
-    ap.add_argument("--dense", default=None, help="a dense fine-tuned run directory to start from (else one is made)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-train", type=int, default=4000)
-    ap.add_argument("--max-examples", type=int, default=None, help="cap on every split but the training one")
-    ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--dense-epochs", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs of each MLPruning step (the baselines get the same)")
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap = suite_parser(__doc__, "epochs of each MLPruning step (the baselines get the same)")
     ap.add_argument("--tau1", type=float, default=0.5, help="kept fraction of block weights after step 1")
     ap.add_argument("--overall", type=float, default=0.2, help="kept fraction of the dense block weights after step 2")
     ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 epoch per step")
     ap.add_argument("--rebench", action="store_true", help="re-measure every run's latency at the end, in turn")
-    ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     if args.quick:
         args.max_train, args.dense_epochs, args.epochs = 1000, 1, 1

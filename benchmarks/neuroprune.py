@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from _suite import compare, data_and_common, dense_recipe, run, seed_summary
+from _suite import compare, data_and_common, dense_recipe, run, seed_summary, suite_parser
 
 
 def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -44,18 +44,7 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="rotten_tomatoes")
-    ap.add_argument("--model", default="minilm-l6")
-    ap.add_argument("--dense", default=None, help="a dense fine-tuned run directory to start from (else one is made)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-train", type=int, default=4000)
-    ap.add_argument("--max-examples", type=int, default=None, help="cap on every split but the training one")
-    ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--dense-epochs", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs of every pruned run (the shared budget)")
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap = suite_parser(__doc__, "epochs of every pruned run (the shared budget)")
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     ap.add_argument(
         "--movement",
@@ -66,7 +55,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--movement-epochs", type=int, nargs="+", default=[2], help="epochs of each movement run")
     ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 + 1 epochs, 50%% and 90%%")
-    ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)
     if args.quick:
         args.max_train, args.dense_epochs, args.epochs, args.sparsities = 1000, 1, 1, [0.5, 0.9]
