@@ -553,6 +553,14 @@ class MLPruning(Method):
             layers.append(entry)
         return {"density": float(self.density("ratio")), "kept_density": float(self.density("kept")), "layers": layers}
 
+    def _end_step1(self, model: nn.Module) -> MaskSet:
+        """Step 1's masks rounded up to the block (`round_to_block`), recorded in `info`; the parametrizations go,
+        leaving the original weights, so units added by rounding come back as trained."""
+        masks = self._step1_masks(round_up=self.config.round_to_block)
+        self.info["step1"] = self._summary1(masks)
+        self._remove(model, leave=False)
+        return masks
+
     @torch.no_grad()
     def next_stage(self, model: nn.Module) -> NextStage | None:
         """After step 1 of `step: both`: round kept units up to the block size, compact the model in place and
@@ -561,9 +569,7 @@ class MLPruning(Method):
             return None
         from prunekit.compact import compact
 
-        masks = self._step1_masks(round_up=self.config.round_to_block)
-        self.info["step1"] = self._summary1(masks)
-        self._remove(model, leave=False)  # original weights: units added by rounding come back as trained
+        masks = self._end_step1(model)
         compact(model, masks, self.topo)
         self.info["step1"]["params"] = block_parameter_count(model)[0]
         self.step = 2
@@ -581,10 +587,7 @@ class MLPruning(Method):
         if self.step == 1:
             if self.config.step == "both":
                 warnings.warn("mlpruning: finalize() before next_stage(): step 2 (blocks) did not run", stacklevel=2)
-            # rounded up as next_stage() does, so that a later `step: 2` run on this model can pack every matrix
-            masks = self._step1_masks(round_up=self.config.round_to_block)
-            self.info["step1"] = self._summary1(masks)
-            self._remove(model, leave=False)
+            masks = self._end_step1(model)  # rounded up: a later `step: 2` run on this model can pack every matrix
         else:
             masks = self._step2_masks()
             self._remove(model, leave=True)
