@@ -15,6 +15,7 @@ from prunekit.bench import count_parameters
 from prunekit.errors import UsageError
 from prunekit.io import read_manifest
 from prunekit.nas.pareto import dominates, hypervolume, pareto_mask
+from prunekit.report import run_row
 from train_fixtures import sentiment_csv, tiny_bert_dir
 
 
@@ -99,6 +100,14 @@ def test_search_writes_the_pareto_set_and_extracts_points(tmp_path):
         assert blocks == pytest.approx(point["block_params"] * pareto["dense"]["block_param_count"])
         evaluated = json.loads(_cli("evaluate", run, "--json").stdout)[0] if k else evaluate_run(str(run))
         assert evaluated["accuracy"] == pytest.approx(point["test"]["accuracy"])  # what the search measured
+        # benchmarked and costed like a `prunekit prune` run, so `prunekit compare` sets it beside them
+        assert manifest.metrics["dense"]["test"] == pareto["dense"]["test"]
+        assert [p["batch"] for p in manifest.bench["latency"]] == [2] and manifest.bench["latency"][0]["speedup"] > 0
+        cost = {x: pareto["timings"][x] for x in ("reorder_s", "supernet_s", "search_s")}
+        assert manifest.timings == cost | {"train_s": pytest.approx(sum(cost.values()), abs=0.01)}
+        row = run_row(run)
+        assert row["dense_value"] == pareto["dense"]["test"]["accuracy"] and row["speedup_b1"] is None
+        assert row["train_s"] == manifest.timings["train_s"] and row["delta"] is not None
     run = out / "point-0"  # the other commands read it too (the smallest point: zero-width layers included)
     args = ("--batch", "2", "--seq", "16", "--repeats", "1", "--warmup", "0", "--no-memory", "--json")
     assert json.loads(_cli("bench", run, *args).stdout)["latency"][0]["speedup"] > 0

@@ -548,6 +548,7 @@ def extract(
     recipe = Recipe.model_validate(manifest.recipe)
     data, task = _load_splits(recipe)
     history: list[dict] = []
+    timings = _search_cost(summary.get("timings") or {})
     if finetune_epochs > 0:
         import tempfile
 
@@ -557,9 +558,18 @@ def extract(
         with tempfile.TemporaryDirectory() as tmp:
             res = train(model.train(), tok, task, data, config=cfg, work_dir=tmp, progress=progress, stage="extract")
         model, history = res.model, res.history
+        timings["extract_s"] = res.train_s
+    timings["train_s"] = round(sum(timings.values()), 2)
     device = _device(recipe)
     model.to(device).eval()
     metrics = {s: _evaluate(task, model, data[s], tok, recipe, device) for s in ("validation", "test")}
+    metrics["dense"] = {s: summary["dense"][s] for s in ("validation", "test")}  # what the search measured
+    bench = None
+    if recipe.bench.enabled:  # like `prunekit prune`, so `prunekit compare` puts extracted points beside other runs
+        from prunekit.pipeline import _bench
+
+        dense_dir = _supernet_home(src) / "dense"
+        bench = _bench(model.cpu().eval(), load(dense_dir).eval() if dense_dir.exists() else _plain_dense(home), recipe)
     saved = sparsity_report(model)
     saved |= {"params": dense_params, "sparsity": 1 - saved["kept"] / dense_params if dense_params else 0}
     save(
@@ -577,5 +587,20 @@ def extract(
         metrics=metrics,
         history=history,
         sparsity={"saved": _sparsity_summary(saved)},
+        bench=bench,
+        timings=timings,
     )
     return {"out_dir": str(out_dir), "point": index, "structure": point["structure"], "metrics": metrics}
+
+
+def _search_cost(timings: dict[str, float]) -> dict[str, float]:
+    """What producing a point cost beyond the dense fine-tune every method starts from: reordering, super-network
+    training and the search (its baselines are comparisons, not part of the method)."""
+    return {k: timings[k] for k in ("reorder_s", "supernet_s", "search_s") if isinstance(timings.get(k), int | float)}
+
+
+def _plain_dense(home: Path) -> nn.Module:
+    """The full super-network, a dense-shaped reference for latency when the search kept no dense model."""
+    from prunekit.io import load
+
+    return load(home).eval()
