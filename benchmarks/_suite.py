@@ -66,12 +66,13 @@ def run(name: str, recipe: dict, out: Path, progress: bool) -> None:
     prunekit("prune", str(path), "--out", str(run_dir), *flags)
 
 
-def compare(out: Path, names: list[str]) -> list[str]:
-    """`prunekit compare` of the finished runs into OUT/compare; returns their directories."""
+def compare(out: Path, names: list[str], at: float | None = None) -> list[str]:
+    """`prunekit compare` of the finished runs into OUT/compare (naming the best at speedup `at`); returns their
+    directories."""
     done = [str(out / n) for n in names if (out / n / "prunekit.json").exists()]
     cmp_dir = out / "compare"
     shutil.rmtree(cmp_dir, ignore_errors=True)
-    prunekit("compare", *done, "--out", str(cmp_dir))
+    prunekit("compare", *done, "--out", str(cmp_dir), *(["--at", str(at)] if at else []))
     return done
 
 

@@ -231,6 +231,44 @@ def test_compare_rows_pick_the_right_numbers(tmp_path):
     assert "1 / FLOPs ratio" in md and "](accuracy_vs_speedup.png)" in md
 
 
+def _fast_run(path: Path, method: str, value: float, speedup_b32: float, metric: str = "accuracy") -> Path:
+    bench = {"latency": [_latency(32, 128, 100.0 * speedup_b32, 100.0)]}
+    task = {"kind": "lm" if metric == "perplexity" else "classification", "main_metric": metric}
+    metrics = {"dense": {metric: 1.0}, "test": {metric: value}}
+    return make_run(path, method=method, task=task, bench=bench, metrics=metrics)
+
+
+def test_best_at_picks_the_best_method_and_baseline_at_the_measured_speedup(tmp_path):
+    runs = [
+        _fast_run(tmp_path / "np", "neuroprune", 0.80, 2.1),
+        _fast_run(tmp_path / "mlp", "mlpruning", 0.84, 1.9),  # better but under 2x: not a candidate
+        _fast_run(tmp_path / "nas", "nas", 0.82, 2.5),
+        _fast_run(tmp_path / "mag", "magnitude", 0.78, 3.0),
+        _fast_run(tmp_path / "mov", "movement", 0.81, 2.0),  # exactly at the threshold counts
+        _fast_run(tmp_path / "l1", "l1", 0.85, 1.0),
+    ]
+    result = compare(runs, tmp_path / "cmp", at=2.0)
+    best = result["best"]
+    assert best["method"]["name"] == "nas" and best["baseline"]["name"] == "mov"
+    assert best["margin"] == pytest.approx(0.01)
+    assert result["notes"][0].startswith("At >= 2.00x measured speedup (batch 32): best method nas (nas, 0.8200")
+    assert "better by +0.0100" in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert compare(runs, at=1.5)["best"]["method"]["name"] == "mlp"
+    none = compare(runs, at=4.0)["best"]
+    assert none["method"] is None and none["baseline"] is None and none["margin"] is None
+    assert "best method none" in compare(runs, at=4.0)["notes"][0]
+
+    lm = [_fast_run(tmp_path / "p1", "neuroprune", 30.0, 2.2, "perplexity"),
+          _fast_run(tmp_path / "p2", "neuroprune", 25.0, 2.2, "perplexity"),
+          _fast_run(tmp_path / "p3", "movement", 28.0, 2.2, "perplexity")]  # fmt: skip
+    best = compare(lm, at=2.0)["best"]
+    assert best["method"]["name"] == "p2" and best["margin"] == pytest.approx(3.0)  # lower perplexity wins
+    with pytest.raises(UsageError, match="main metrics differ"):
+        compare([runs[0], lm[0]], at=2.0)
+    with pytest.raises(UsageError, match="positive number"):
+        compare(runs, at=0)
+
+
 def test_compare_without_out_dir_writes_nothing(tmp_path):
     a = make_run(tmp_path / "runs" / "x" / "out")
     b = make_run(tmp_path / "runs" / "y" / "out")

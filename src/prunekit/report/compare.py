@@ -19,6 +19,7 @@ from prunekit.report.run import (
     kept_fraction,
     latency_point,
     load_run,
+    lower_is_better,
     main_result,
     train_seconds,
 )
@@ -141,6 +142,45 @@ def _cells(r: dict[str, Any]) -> list[str]:
     ]
 
 
+# the published methods prunekit implements; every other method name is a baseline (or the dense reference)
+METHODS = frozenset({"neuroprune", "admm", "mlpruning", "nas"})
+
+
+def best_at(rows: list[dict[str, Any]], at: float, batch: int = 32) -> dict[str, Any]:
+    """The best method and the best baseline among the runs measured at least `at` x faster than dense at
+    `batch` (by main metric, lower first for losses), and how far apart they are; None where no run qualifies."""
+    key = "speedup_b1" if batch == 1 else "speedup_b32"
+    fast = [r for r in rows if r[key] is not None and r[key] >= at and r["value"] is not None]
+    metrics = {r["metric"] for r in fast}
+    if len(metrics) > 1:
+        raise UsageError(f"the runs' main metrics differ ({', '.join(sorted(metrics))}): compare one task at a time")
+    lower = bool(metrics) and lower_is_better(next(iter(metrics)))
+
+    def best(group: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return (min if lower else max)(group, key=lambda r: r["value"]) if group else None
+
+    method = best([r for r in fast if r["method"] in METHODS])
+    baseline = best([r for r in fast if r["method"] not in METHODS and r["method"] != "dense"])
+    margin = None
+    if method and baseline:
+        margin = (baseline["value"] - method["value"]) if lower else (method["value"] - baseline["value"])
+    return {"at": at, "batch": batch, "method": method, "baseline": baseline, "margin": margin}
+
+
+def best_at_line(best: dict[str, Any]) -> str:
+    """One sentence for a `best_at` result (positive margin: the method is better)."""
+    key = "speedup_b1" if best["batch"] == 1 else "speedup_b32"
+
+    def name(r: dict[str, Any] | None) -> str:
+        return f"{r['name']} ({r['method']}, {fmt(r['value'])} at {r[key]:.2f}x)" if r else "none"
+
+    head = f"At >= {best['at']:.2f}x measured speedup (batch {best['batch']}): best method {name(best['method'])}, "
+    tail = f"best baseline {name(best['baseline'])}"
+    if best["margin"] is not None:
+        tail += f"; the method is better by {best['margin']:+.4f}"
+    return head + tail + "."
+
+
 def _markdown(rows: list[dict[str, Any]], notes: list[str], plot: str | None) -> str:
     body = [_cells(r) for r in rows]
     lines = ["# prunekit comparison", "", *table(COLUMNS, body, right=set(range(3, 10)))]
@@ -159,18 +199,26 @@ def _markdown(rows: list[dict[str, Any]], notes: list[str], plot: str | None) ->
     return "\n".join(lines) + "\n"
 
 
-def compare(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> dict[str, Any]:
+def compare(
+    run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, at: float | None = None
+) -> dict[str, Any]:
     """Rows for `run_dirs` (all read before anything is written, so a bad path fails cleanly); with
-    `out_dir`, also writes comparison.md and accuracy_vs_speedup.png there.
+    `out_dir`, also writes comparison.md and accuracy_vs_speedup.png there; with `at`, names the best method
+    and baseline at that measured speedup (batch 32) among the notes.
 
-    Returns {"rows", "notes", "markdown" (path or None), "plot" (path or None)}.
+    Returns {"rows", "notes", "best" (or None), "markdown" (path or None), "plot" (path or None)}.
     """
     if not run_dirs:
         raise UsageError("nothing to compare: give one or more run directories")
+    if at is not None and not at > 0:
+        raise UsageError(f"--at {at}: give the measured speedup to compare at, a positive number such as 2")
     rows = [run_row(d) for d in run_dirs]
     _unique_names(rows)
     spec = _plot_points(rows)
-    result: dict[str, Any] = {"rows": rows, "notes": spec["notes"], "markdown": None, "plot": None}
+    best = best_at(rows, at) if at is not None else None
+    if best is not None:
+        spec["notes"].insert(0, best_at_line(best))
+    result: dict[str, Any] = {"rows": rows, "notes": spec["notes"], "best": best, "markdown": None, "plot": None}
     if out_dir is None:
         return result
     out = Path(out_dir)
