@@ -568,8 +568,8 @@ def extract(
     if recipe.bench.enabled:  # like `prunekit prune`, so `prunekit compare` puts extracted points beside other runs
         from prunekit.pipeline import _bench
 
-        dense_dir = _supernet_home(src) / "dense"
-        bench = _bench(model.cpu().eval(), load(dense_dir).eval() if dense_dir.exists() else _plain_dense(home), recipe)
+        dense_dir = _supernet_home(src) / "dense"  # else the full super-network: dense-shaped, for latency
+        bench = _bench(model.cpu().eval(), load(dense_dir if dense_dir.exists() else home).eval(), recipe)
     saved = sparsity_report(model)
     saved |= {"params": dense_params, "sparsity": 1 - saved["kept"] / dense_params if dense_params else 0}
     save(
@@ -597,10 +597,3 @@ def _search_cost(timings: dict[str, float]) -> dict[str, float]:
     """What producing a point cost beyond the dense fine-tune every method starts from: reordering, super-network
     training and the search (its baselines are comparisons, not part of the method)."""
     return {k: timings[k] for k in ("reorder_s", "supernet_s", "search_s") if isinstance(timings.get(k), int | float)}
-
-
-def _plain_dense(home: Path) -> nn.Module:
-    """The full super-network, a dense-shaped reference for latency when the search kept no dense model."""
-    from prunekit.io import load
-
-    return load(home).eval()

@@ -146,11 +146,10 @@ def _cells(r: dict[str, Any]) -> list[str]:
 METHODS = frozenset({"neuroprune", "admm", "mlpruning", "nas"})
 
 
-def best_at(rows: list[dict[str, Any]], at: float, batch: int = 32) -> dict[str, Any]:
+def best_at(rows: list[dict[str, Any]], at: float) -> dict[str, Any]:
     """The best method and the best baseline among the runs measured at least `at` x faster than dense at
-    `batch` (by main metric, lower first for losses), and how far apart they are; None where no run qualifies."""
-    key = "speedup_b1" if batch == 1 else "speedup_b32"
-    fast = [r for r in rows if r[key] is not None and r[key] >= at and r["value"] is not None]
+    batch 32 (by main metric, lower first for losses), and how far apart they are; None where no run qualifies."""
+    fast = [r for r in rows if r["speedup_b32"] is not None and r["speedup_b32"] >= at and r["value"] is not None]
     metrics = {r["metric"] for r in fast}
     if len(metrics) > 1:
         raise UsageError(f"the runs' main metrics differ ({', '.join(sorted(metrics))}): compare one task at a time")
@@ -164,15 +163,13 @@ def best_at(rows: list[dict[str, Any]], at: float, batch: int = 32) -> dict[str,
     margin = None
     if method and baseline:
         margin = (baseline["value"] - method["value"]) if lower else (method["value"] - baseline["value"])
-    return {"at": at, "batch": batch, "method": method, "baseline": baseline, "margin": margin}
+    return {"at": at, "batch": 32, "method": method, "baseline": baseline, "margin": margin}
 
 
 def best_at_line(best: dict[str, Any]) -> str:
     """One sentence for a `best_at` result (positive margin: the method is better)."""
-    key = "speedup_b1" if best["batch"] == 1 else "speedup_b32"
-
     def name(r: dict[str, Any] | None) -> str:
-        return f"{r['name']} ({r['method']}, {fmt(r['value'])} at {r[key]:.2f}x)" if r else "none"
+        return f"{r['name']} ({r['method']}, {fmt(r['value'])} at {r['speedup_b32']:.2f}x)" if r else "none"
 
     head = f"At >= {best['at']:.2f}x measured speedup (batch {best['batch']}): best method {name(best['method'])}, "
     tail = f"best baseline {name(best['baseline'])}"
