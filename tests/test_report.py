@@ -13,6 +13,7 @@ from rich.console import Console
 from prunekit.errors import UsageError
 from prunekit.io import MANIFEST, LayerEntry, Manifest
 from prunekit.report import compare, format_table, read_metrics_log, run_row, write_report
+from prunekit.report.compare import _plot_points
 from prunekit.report.run import main_metric
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -229,6 +230,18 @@ def test_compare_rows_pick_the_right_numbers(tmp_path):
     md = (out / "comparison.md").read_text()
     assert "| a | movement | accuracy (test) | 0.8512 | -0.0613 | 0.400 | 0.500 | 1.250x | 1.600x |" in md
     assert "1 / FLOPs ratio" in md and "](accuracy_vs_speedup.png)" in md
+
+
+def test_compare_dense_row_has_no_delta_against_the_model_before_fine_tuning(tmp_path):
+    """A dense run's manifest records the pre-fine-tune model as "dense": that is not the reference."""
+    before = {"dense": {"accuracy": 0.5}, "test": {"accuracy": 0.84}}
+    dense = make_run(tmp_path / "dense", method="dense", metrics=before)
+    pruned = make_run(tmp_path / "pruned", metrics={"dense": {"accuracy": 0.84}, "test": {"accuracy": 0.80}})
+    result = compare([str(dense), str(pruned)])
+    rd, rp = result["rows"]
+    assert rd["value"] == 0.84 and rd["dense_value"] is None and rd["delta"] is None
+    assert rp["delta"] == pytest.approx(-0.04)
+    assert _plot_points(result["rows"])["dense"] == [("dense", 0.84)]  # one reference line, the fine-tuned one
 
 
 def _fast_run(path: Path, method: str, value: float, speedup_b32: float, metric: str = "accuracy") -> Path:

@@ -43,6 +43,8 @@ def run_row(run_dir: str | Path) -> dict[str, Any]:
     d = run.data
     bench = d.get("bench")
     res = main_result(d)
+    if d.get("method") == "dense":  # its "dense" metrics are the model before fine-tuning, not the reference
+        res["dense"] = None
     s1, _ = _speedup_at(bench, 1)
     s32, seq32 = _speedup_at(bench, 32)
     flops, flops_seq = flops_ratio(bench, seq32)  # the FLOPs ratio at the sequence length the speedup used
