@@ -28,6 +28,8 @@ def suite_parser(doc: str, epochs_help: str) -> argparse.ArgumentParser:
     ap.add_argument("--dense-epochs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2, help=epochs_help)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--dense-lr", type=float, default=1e-4, help="learning rate of the dense fine-tune")
+    ap.add_argument("--batch-size", type=int, default=32, help="training batch of every run (4 suits SmolLM2 on CPU)")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     return ap
 
@@ -37,13 +39,13 @@ def data_and_common(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str,
     data: dict[str, Any] = {"dataset": args.dataset, "seed": args.seed, "max_train_examples": args.max_train}
     if args.max_examples:
         data["max_examples"] = args.max_examples
-    return data, {"batch_size": 32, "max_length": args.max_length, "seed": args.seed}
+    return data, {"batch_size": getattr(args, "batch_size", 32), "max_length": args.max_length, "seed": args.seed}
 
 
 def dense_recipe(args: argparse.Namespace, data: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
     """The dense fine-tune every pruned run of a suite starts from (not benchmarked: it is the reference)."""
-    return {"model": args.model, "data": data, "train": {"epochs": args.dense_epochs, "lr": 1e-4, **common},
-            "method": {"name": "dense"}, "bench": {"enabled": False}}  # fmt: skip
+    train = {"epochs": args.dense_epochs, "lr": getattr(args, "dense_lr", 1e-4), **common}
+    return {"model": args.model, "data": data, "train": train, "method": {"name": "dense"}, "bench": {"enabled": False}}
 
 
 def prunekit(*args: str, capture: bool = False) -> str:

@@ -10,6 +10,9 @@ the dense model at the end (`bench`), so run nothing else meanwhile. Finished ru
     python benchmarks/neuroprune.py --dataset rotten_tomatoes --out runs/neuroprune/rt --dense runs/nxm/rt/dense
     python benchmarks/neuroprune.py --out runs/neuroprune/quick --quick          # plumbing, not results
     python benchmarks/neuroprune.py ... --sparsities 0.7 --movement 0.7 --movement-epochs 2 4  # + movement runs
+    python benchmarks/neuroprune.py --model smollm2-135m --dataset enwiki --out runs/neuroprune/smollm2-enwiki \
+        --max-train 8 --max-examples 4 --max-length 128 --batch-size 4 --dense-lr 5e-5 --dense-epochs 1 --epochs 1 \
+        --sparsities 0.25 0.5 0.7 --bench-batch 1 8                       # the decoder: perplexity, ~1.5 h on 2 cores
 """
 
 from __future__ import annotations
@@ -29,17 +32,18 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         start = str(Path(args.out) / "dense")
         out["dense"] = dense_recipe(args, data, common)
     train = {"epochs": args.epochs, "lr": args.lr, **common}
+    bench = {"batch": args.bench_batch, "seq": 128}
     for s in args.sparsities:
         tag = f"{round(s * 100)}"
         for name in ("neuroprune", "l1"):
             method = {"name": name, "target_sparsity": s}
-            out[f"{name}-{tag}"] = {"model": start, "data": data, "train": train, "method": method}
+            out[f"{name}-{tag}"] = {"model": start, "data": data, "train": train, "method": method, "bench": bench}
     for s in args.movement:  # the training-time comparison: movement pruning to the same sparsity, its own epochs
         for epochs in args.movement_epochs:
             method = {"name": "movement", "sparsity": s, "pattern": "unstructured", "scope": "global"}
             recipe_train = {**train, "epochs": epochs}
             out[f"movement-{round(s * 100)}-e{epochs}"] = {"model": start, "data": data, "train": recipe_train,
-                                                           "method": method}  # fmt: skip
+                                                           "method": method, "bench": bench}  # fmt: skip
     return out
 
 
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         help="also movement pruning (unstructured, global) to these sparsities: the training-time baseline",
     )
     ap.add_argument("--movement-epochs", type=int, nargs="+", default=[2], help="epochs of each movement run")
+    ap.add_argument("--bench-batch", type=int, nargs="+", default=[1, 32], help="latency batch sizes (sequence 128)")
     ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 + 1 epochs, 50%% and 90%%")
     args = ap.parse_args(argv)
     if args.quick:
