@@ -53,5 +53,6 @@ def test_pruned_decoder_saves_and_loads_equal(smollm2, tmp_path):
     loaded, tok = prunekit.load(tmp_path / "run", with_tokenizer=True)
     with torch.no_grad():
         expected = compacted(**inputs).logits
-        torch.testing.assert_close(loaded(**dict(tok(TEXTS[:1], return_tensors="pt"))).logits, expected,
-                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            loaded(**dict(tok(TEXTS[:1], return_tensors="pt"))).logits, expected, atol=1e-4, rtol=0
+        )
