@@ -12,7 +12,10 @@ the dense model at the end (`bench`), so run nothing else meanwhile. Finished ru
     python benchmarks/neuroprune.py ... --sparsities 0.7 --movement 0.7 --movement-epochs 2 4  # + movement runs
     python benchmarks/neuroprune.py --model smollm2-135m --dataset enwiki --out runs/neuroprune/smollm2-enwiki \
         --max-train 8 --max-examples 4 --max-length 128 --batch-size 4 --dense-lr 5e-5 --dense-epochs 1 --epochs 1 \
-        --sparsities 0.25 0.5 0.7 --bench-batch 1 8                       # the decoder: perplexity, ~1.5 h on 2 cores
+        --sparsities 0.25 0.5 0.7 --bench-batch 1 8                       # the decoder: perplexity, ~1 h on 2 cores
+    python benchmarks/neuroprune.py --model smollm2-135m --dataset xsum --out runs/neuroprune/smollm2-xsum \
+        --max-train 64 --max-examples 40 --max-length 256 --batch-size 4 --dense-lr 5e-5 --dense-epochs 1 \
+        --epochs 1 --sparsities 0.25 0.5 0.7 --no-bench                    # summarisation: ROUGE, ~45 min
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         start = str(Path(args.out) / "dense")
         out["dense"] = dense_recipe(args, data, common)
     train = {"epochs": args.epochs, "lr": args.lr, **common}
-    bench = {"batch": args.bench_batch, "seq": 128}
+    bench = {"batch": args.bench_batch, "seq": 128} if args.bench else {"enabled": False}
     for s in args.sparsities:
         tag = f"{round(s * 100)}"
         for name in ("neuroprune", "l1"):
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--movement-epochs", type=int, nargs="+", default=[2], help="epochs of each movement run")
     ap.add_argument("--bench-batch", type=int, nargs="+", default=[1, 32], help="latency batch sizes (sequence 128)")
+    ap.add_argument("--no-bench", dest="bench", action="store_false", help="no latency (another task, same shapes)")
     ap.add_argument("--quick", action="store_true", help="1,000 training examples, 1 + 1 epochs, 50%% and 90%%")
     args = ap.parse_args(argv)
     if args.quick:

@@ -59,6 +59,12 @@ def test_prune_recipe_end_to_end(tmp_path):
     csv2 = sentiment_csv(tmp_path / "..", n=40, seed=7)
     on_file = json.loads(_cli("evaluate", str(out), "--data", str(csv2), "--json").stdout)[0]
     assert on_file["examples"] == 40 and on_file["accuracy"] >= 0.6
+    # a run compacted further from it keeps its task and split: evaluate scores it on the same held-out data
+    further = tmp_path / "further"
+    _cli("compact", str(out), str(further), "-p", "unstructured=0.3")
+    assert read_manifest(further).split == manifest.split
+    again = json.loads(_cli("evaluate", str(further), "--json").stdout)[0]
+    assert again["examples"] == evaluated["examples"] and 0 <= again["accuracy"] <= 1
     report = (out / "report.md").read_text()
     assert report.startswith("# prunekit report: run\n")  # its final name, not the staging folder's
     assert "magnitude" in report and f"{manifest.metrics['test']['accuracy']:.4f}"[:4] in report

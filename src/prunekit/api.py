@@ -124,12 +124,23 @@ def compact_source(
         source_model=source_model,
         source_fingerprint=manifest.source_fingerprint if manifest else source_fingerprint(source),
         method="magnitude" if prune else "compact",
-        recipe={"prune": prune or [], "scope": scope},
+        recipe={"prune": prune or [], "scope": scope, **_evaluation_record(manifest)},
+        **({"task": manifest.task, "split": manifest.split} if manifest and manifest.task else {}),
         patterns=masks.patterns and {k: v for k, v in masks.patterns.items()},
         sparsity={"mask": _summary(mask_report), "saved": _summary(sparsity_report(model))},
         timings={"compact_s": round(time.perf_counter() - start, 2)},
     )
     return {"out_dir": out_dir, "mask_sparsity": mask_report["sparsity"]}
+
+
+def _evaluation_record(manifest) -> dict[str, Any]:
+    """What `evaluate` reads of a trained source run (its data recipe and sequence length), so that a run compacted
+    from it is scored on the same held-out split, the same way; nothing for a plain model."""
+    if manifest is None or not manifest.task:
+        return {}
+    recipe = manifest.recipe or {}
+    record: dict[str, Any] = {"train": {"max_length": (recipe.get("train") or {}).get("max_length", 128)}}
+    return record | ({"data": recipe["data"]} if recipe.get("data") else {})
 
 
 def _summary(report: dict) -> dict:
