@@ -217,13 +217,13 @@ def test_compare_rows_pick_the_right_numbers(tmp_path):
     assert ra["split"] == "test" and ra["value"] == 0.8512 and ra["delta"] == pytest.approx(0.8512 - 0.9125)
     assert ra["kept_fraction"] == pytest.approx(0.4)  # saved, not mask
     assert ra["speedup_b1"] == pytest.approx(1.25)
-    assert ra["speedup_b32"] == pytest.approx(1.6)  # the seq 128 point, not seq 64
+    assert ra["batch"] == 32 and ra["speedup"] == pytest.approx(1.6)  # the seq 128 point, not seq 64
     assert ra["flops_ratio"] == pytest.approx(0.5) and ra["flops_seq_len"] == 128
     assert ra["train_s"] == 3725.0
     assert rb["split"] == "validation" and rb["value"] == 0.7 and rb["kept_fraction"] == 0.25
-    assert rb["speedup_b1"] == 2.0 and rb["speedup_b32"] is None and rb["flops_ratio"] == 0.25
+    assert rb["speedup_b1"] == 2.0 and rb["speedup"] is None and rb["flops_ratio"] == 0.25
     assert rb["train_s"] is None
-    assert rc["value"] is None and rc["kept_fraction"] is None and rc["speedup_b32"] is None
+    assert rc["value"] is None and rc["kept_fraction"] is None and rc["speedup"] is None
     assert any("b: no latency at batch 32" in n for n in result["notes"])
     assert any(n.startswith("c is not plotted") for n in result["notes"])
     assert _is_png(out / "accuracy_vs_speedup.png") and result["plot"] == out / "accuracy_vs_speedup.png"
@@ -280,6 +280,30 @@ def test_best_at_picks_the_best_method_and_baseline_at_the_measured_speedup(tmp_
         compare([runs[0], lm[0]], at=2.0)
     with pytest.raises(UsageError, match="positive number"):
         compare(runs, at=0)
+
+
+def test_compare_reads_speedups_at_the_largest_batch_every_run_measured(tmp_path):
+    """Decoder suites bench at batch 1 and 8: the table, the plot and --at read batch 8, not a missing 32."""
+
+    def run(name: str, method: str, value: float, batches: dict[int, float]) -> Path:
+        bench = {"latency": [_latency(b, 128, 100.0 * s, 100.0) for b, s in batches.items()]}
+        metrics = {"dense": {"perplexity": 20.0}, "test": {"perplexity": value}}
+        return make_run(tmp_path / name, method=method, task={"kind": "lm", "main_metric": "perplexity"},
+                        bench=bench, metrics=metrics)  # fmt: skip
+
+    np_run = run("np", "neuroprune", 30.0, {1: 1.1, 8: 2.5})
+    l1_run = run("l1", "l1", 25.0, {1: 1.0, 8: 2.0, 32: 3.0})  # also measured at 32: not shared, not used
+    result = compare([np_run, l1_run], tmp_path / "cmp", at=2.0)
+    assert [r["batch"] for r in result["rows"]] == [8, 8]
+    assert [r["speedup"] for r in result["rows"]] == [pytest.approx(2.5), pytest.approx(2.0)]
+    assert not any("no latency" in n for n in result["notes"])
+    assert result["best"]["batch"] == 8 and result["best"]["margin"] == pytest.approx(-5.0)  # lower wins: l1
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| speedup b1 | speedup b8 |" in md and "| 2.500x |" in md
+    assert compare([np_run, l1_run], batch=32)["rows"][0]["speedup"] is None  # asked for: read as asked
+    assert compare([l1_run], None)["rows"][0]["batch"] == 32  # one run: its largest
+    with pytest.raises(UsageError, match="--batch 0"):
+        compare([np_run], batch=0)
 
 
 def test_compare_without_out_dir_writes_nothing(tmp_path):

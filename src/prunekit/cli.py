@@ -385,14 +385,18 @@ def compare(
     run_dirs: Annotated[list[str], typer.Argument(help="Run directories to compare.")],
     out: Annotated[str | None, typer.Option(help="Folder for comparison.md and the accuracy-vs-speedup plot.")] = None,
     at: Annotated[
-        float | None, typer.Option(help="Also name the best method and baseline at this measured speedup (batch 32).")
+        float | None, typer.Option(help="Also name the best method and baseline at this measured speedup.")
+    ] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(help="Throughput batch to read speedups at (default: the largest batch every run measured)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """One table (quality, kept parameters, FLOPs, measured speedup, training time) and plot for several runs."""
     from prunekit import report as rp
 
-    result = rp.compare(run_dirs, out, at=at)
+    result = rp.compare(run_dirs, out, at=at, batch=batch)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return

@@ -37,8 +37,26 @@ def _speedup_at(bench: Any, batch: int) -> tuple[float | None, int | None]:
     return (value if is_number(value) else None), dig(point, "seq_len")
 
 
-def run_row(run_dir: str | Path) -> dict[str, Any]:
-    """The comparison row of one run directory (UsageError when it is not one)."""
+BIG_BATCH = 32  # the throughput batch a comparison reads when its runs share no larger measured batch
+
+
+def measured_batches(bench: Any) -> set[int]:
+    """The batch sizes a run's latency was measured at."""
+    return {
+        p["batch"] for p in (dig(bench, "latency") or []) if isinstance(p, dict) and isinstance(p.get("batch"), int)
+    }
+
+
+def common_batch(benches: Sequence[Any]) -> int:
+    """The throughput batch to compare runs at: the largest batch above 1 that every run with latency measured
+    (a decoder suite benches at 8, an encoder one at 32), else BIG_BATCH."""
+    sets = [b - {1} for b in map(measured_batches, benches) if b - {1}]
+    shared = set.intersection(*sets) if sets else set()
+    return max(shared) if shared else BIG_BATCH
+
+
+def run_row(run_dir: str | Path, batch: int = BIG_BATCH) -> dict[str, Any]:
+    """The comparison row of one run directory (UsageError when it is not one); `speedup` is at `batch`."""
     run = load_run(run_dir, with_log=False)
     d = run.data
     bench = d.get("bench")
@@ -46,8 +64,8 @@ def run_row(run_dir: str | Path) -> dict[str, Any]:
     if d.get("method") == "dense":  # its "dense" metrics are the model before fine-tuning, not the reference
         res["dense"] = None
     s1, _ = _speedup_at(bench, 1)
-    s32, seq32 = _speedup_at(bench, 32)
-    flops, flops_seq = flops_ratio(bench, seq32)  # the FLOPs ratio at the sequence length the speedup used
+    big, big_seq = _speedup_at(bench, batch)
+    flops, flops_seq = flops_ratio(bench, big_seq)  # the FLOPs ratio at the sequence length the speedup used
     return {
         "name": run.name,
         "run_dir": str(run_dir),
@@ -62,7 +80,8 @@ def run_row(run_dir: str | Path) -> dict[str, Any]:
         "flops_ratio": flops,
         "flops_seq_len": flops_seq,
         "speedup_b1": s1,
-        "speedup_b32": s32,
+        "speedup": big,
+        "batch": batch,
         "device": dig(bench, "device"),
         "train_s": train_seconds(d.get("timings")),
     }
@@ -80,9 +99,9 @@ def _unique_names(rows: list[dict[str, Any]]) -> None:
 
 
 def _plot_x(row: dict[str, Any]) -> tuple[float | None, bool]:
-    """(x, estimated): measured speedup at batch 32, else 1/FLOPs ratio (an estimate, flagged)."""
-    if row["speedup_b32"] is not None:
-        return row["speedup_b32"], False
+    """(x, estimated): measured speedup at the comparison's batch, else 1/FLOPs ratio (an estimate, flagged)."""
+    if row["speedup"] is not None:
+        return row["speedup"], False
     if row["flops_ratio"]:
         return 1.0 / row["flops_ratio"], True
     return None, False
@@ -114,7 +133,7 @@ def _plot_points(rows: list[dict[str, Any]]) -> dict[str, Any]:
         label = r["name"] if len(metrics) == 1 else f"{r['name']} ({r['metric']})"
         points.append({"x": x, "y": r["value"], "label": label, "estimated": estimated})
         if estimated:
-            notes.append(f"{r['name']}: no latency at batch 32, so its x is 1 / FLOPs ratio (an estimate).")
+            notes.append(f"{r['name']}: no latency at batch {r['batch']}, so its x is 1 / FLOPs ratio (an estimate).")
     if len(metrics) > 1:
         notes.append(f"The runs' main metrics differ ({', '.join(sorted(metrics))}): the plot mixes them.")
     return {
@@ -125,7 +144,8 @@ def _plot_points(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-COLUMNS = ["run", "method", "metric", "value", "Δ dense", "kept", "FLOPs", "speedup b1", "speedup b32", "train"]
+def columns(batch: int) -> list[str]:
+    return ["run", "method", "metric", "value", "Δ dense", "kept", "FLOPs", "speedup b1", f"speedup b{batch}", "train"]
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
@@ -139,7 +159,7 @@ def _cells(r: dict[str, Any]) -> list[str]:
         fmt_ratio(r["kept_fraction"]),
         fmt_ratio(r["flops_ratio"]),
         fmt_ratio(r["speedup_b1"], "x"),
-        fmt_ratio(r["speedup_b32"], "x"),
+        fmt_ratio(r["speedup"], "x"),
         fmt_seconds(r["train_s"]),
     ]
 
@@ -149,9 +169,10 @@ METHODS = frozenset({"neuroprune", "admm", "mlpruning", "nas"})
 
 
 def best_at(rows: list[dict[str, Any]], at: float) -> dict[str, Any]:
-    """The best method and the best baseline among the runs measured at least `at` x faster than dense at
-    batch 32 (by main metric, lower first for losses), and how far apart they are; None where no run qualifies."""
-    fast = [r for r in rows if r["speedup_b32"] is not None and r["speedup_b32"] >= at and r["value"] is not None]
+    """The best method and the best baseline among the runs measured at least `at` x faster than dense at the
+    rows' batch (by main metric, lower first for losses), and how far apart they are; None where no run
+    qualifies."""
+    fast = [r for r in rows if r["speedup"] is not None and r["speedup"] >= at and r["value"] is not None]
     metrics = {r["metric"] for r in fast}
     if len(metrics) > 1:
         raise UsageError(f"the runs' main metrics differ ({', '.join(sorted(metrics))}): compare one task at a time")
@@ -165,13 +186,15 @@ def best_at(rows: list[dict[str, Any]], at: float) -> dict[str, Any]:
     margin = None
     if method and baseline:
         margin = (baseline["value"] - method["value"]) if lower else (method["value"] - baseline["value"])
-    return {"at": at, "batch": 32, "method": method, "baseline": baseline, "margin": margin}
+    batch = rows[0]["batch"] if rows else BIG_BATCH
+    return {"at": at, "batch": batch, "method": method, "baseline": baseline, "margin": margin}
 
 
 def best_at_line(best: dict[str, Any]) -> str:
     """One sentence for a `best_at` result (positive margin: the method is better)."""
+
     def name(r: dict[str, Any] | None) -> str:
-        return f"{r['name']} ({r['method']}, {fmt(r['value'])} at {r['speedup_b32']:.2f}x)" if r else "none"
+        return f"{r['name']} ({r['method']}, {fmt(r['value'])} at {r['speedup']:.2f}x)" if r else "none"
 
     head = f"At >= {best['at']:.2f}x measured speedup (batch {best['batch']}): best method {name(best['method'])}, "
     tail = f"best baseline {name(best['baseline'])}"
@@ -182,11 +205,13 @@ def best_at_line(best: dict[str, Any]) -> str:
 
 def _markdown(rows: list[dict[str, Any]], notes: list[str], plot: str | None) -> str:
     body = [_cells(r) for r in rows]
-    lines = ["# prunekit comparison", "", *table(COLUMNS, body, right=set(range(3, 10)))]
+    batch = rows[0]["batch"] if rows else BIG_BATCH
+    lines = ["# prunekit comparison", "", *table(columns(batch), body, right=set(range(3, 10)))]
     lines += [
         "",
         "value: main metric on test, else validation. kept: kept fraction of the prunable block parameters as "
-        "saved. FLOPs: pruned / dense FLOPs per token. speedup: dense / pruned median latency (measured).",
+        f"saved. FLOPs: pruned / dense FLOPs per token. speedup: dense / pruned median latency (measured) at batch "
+        f"1 and {batch}, the largest batch every run measured.",
     ]
     devices = sorted({r["device"] for r in rows if r["device"]})
     if len(devices) > 1:
@@ -199,11 +224,15 @@ def _markdown(rows: list[dict[str, Any]], notes: list[str], plot: str | None) ->
 
 
 def compare(
-    run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, at: float | None = None
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    at: float | None = None,
+    batch: int | None = None,
 ) -> dict[str, Any]:
     """Rows for `run_dirs` (all read before anything is written, so a bad path fails cleanly); with
     `out_dir`, also writes comparison.md and accuracy_vs_speedup.png there; with `at`, names the best method
-    and baseline at that measured speedup (batch 32) among the notes.
+    and baseline at that measured speedup among the notes. Speedups are read at batch 1 and at `batch` (default:
+    the largest batch every run measured, see `common_batch`).
 
     Returns {"rows", "notes", "best" (or None), "markdown" (path or None), "plot" (path or None)}.
     """
@@ -211,7 +240,11 @@ def compare(
         raise UsageError("nothing to compare: give one or more run directories")
     if at is not None and not at > 0:
         raise UsageError(f"--at {at}: give the measured speedup to compare at, a positive number such as 2")
-    rows = [run_row(d) for d in run_dirs]
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch {batch}: give a batch size the runs were benchmarked at, such as 32")
+    if batch is None:
+        batch = common_batch([load_run(d, with_log=False).data.get("bench") for d in run_dirs])
+    rows = [run_row(d, batch) for d in run_dirs]
     _unique_names(rows)
     spec = _plot_points(rows)
     best = best_at(rows, at) if at is not None else None
@@ -243,7 +276,7 @@ def format_table(rows: list[dict[str, Any]]) -> Table:
     from rich.table import Table
 
     tbl = Table(title="prunekit compare")
-    for i, col in enumerate(COLUMNS):
+    for i, col in enumerate(columns(rows[0]["batch"] if rows else BIG_BATCH)):
         tbl.add_column(col, justify="right" if i >= 3 else "left")
     for r in rows:
         tbl.add_row(*_cells(r))
