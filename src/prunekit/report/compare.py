@@ -261,7 +261,7 @@ def compare(
     if spec["points"]:
         from prunekit.report.plots import plot_tradeoff
 
-        plot_tradeoff(spec["points"], spec["dense"], spec["ylabel"], plot)
+        plot_tradeoff(spec["points"], spec["dense"], spec["ylabel"], plot, batch=rows[0]["batch"])
     else:
         plot.unlink(missing_ok=True)  # no stale plot from an earlier comparison
         plot = None

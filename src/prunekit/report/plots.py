@@ -151,9 +151,12 @@ def plot_structure(kept: list[dict[str, Any]], dense: list[dict[str, Any]] | Non
     return _save(fig, path)
 
 
-def plot_tradeoff(points: list[dict[str, Any]], dense_points: list[tuple[str, float]], ylabel: str, path: Path):
-    """Main metric against speedup: one labelled point per run (hollow where the speedup is 1/FLOPs ratio),
-    and the dense model(s) at 1.0."""
+def plot_tradeoff(
+    points: list[dict[str, Any]], dense_points: list[tuple[str, float]], ylabel: str, path: Path, batch: int = 32
+):
+    """Main metric against speedup at `batch`: one labelled point per run (hollow where the speedup is 1/FLOPs
+    ratio), and the dense model(s) at 1.0. A positive metric spanning over 10x (perplexities of a failed run
+    beside good ones) gets a log axis, or the good ones would sit on one line."""
     fig, (ax,) = _figure(1, width=7.0, panel_height=4.5)
     for p in points:
         estimated = p["estimated"]
@@ -171,7 +174,10 @@ def plot_tradeoff(points: list[dict[str, Any]], dense_points: list[tuple[str, fl
         ax.annotate(label, (1.0, value), textcoords="offset points", xytext=(5, -12), fontsize="small")
     ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
-    xlabel = "measured speedup at batch 32"
+    ys = [p["y"] for p in points] + [v for _, v in dense_points]
+    if ys and min(ys) > 0 and max(ys) > 10 * min(ys):
+        ax.set_yscale("log")
+    xlabel = f"measured speedup at batch {batch}"
     if any(p["estimated"] for p in points):
         xlabel += " (hollow: 1 / FLOPs ratio, not measured)"
     ax.set_xlabel(xlabel)
