@@ -57,7 +57,15 @@ def common_batch(benches: Sequence[Any]) -> int:
 
 def run_row(run_dir: str | Path, batch: int = BIG_BATCH) -> dict[str, Any]:
     """The comparison row of one run directory (UsageError when it is not one); `speedup` is at `batch`."""
-    run = load_run(run_dir, with_log=False)
+    return _row(load_run(run_dir, with_log=False), run_dir, batch)
+
+
+def _rows_batch(rows: list[dict[str, Any]]) -> int:
+    """The batch a comparison's rows read their speedup at (all rows share it)."""
+    return rows[0]["batch"] if rows else BIG_BATCH
+
+
+def _row(run, run_dir: str | Path, batch: int) -> dict[str, Any]:
     d = run.data
     bench = d.get("bench")
     res = main_result(d)
@@ -186,8 +194,7 @@ def best_at(rows: list[dict[str, Any]], at: float) -> dict[str, Any]:
     margin = None
     if method and baseline:
         margin = (baseline["value"] - method["value"]) if lower else (method["value"] - baseline["value"])
-    batch = rows[0]["batch"] if rows else BIG_BATCH
-    return {"at": at, "batch": batch, "method": method, "baseline": baseline, "margin": margin}
+    return {"at": at, "batch": _rows_batch(rows), "method": method, "baseline": baseline, "margin": margin}
 
 
 def best_at_line(best: dict[str, Any]) -> str:
@@ -205,13 +212,13 @@ def best_at_line(best: dict[str, Any]) -> str:
 
 def _markdown(rows: list[dict[str, Any]], notes: list[str], plot: str | None) -> str:
     body = [_cells(r) for r in rows]
-    batch = rows[0]["batch"] if rows else BIG_BATCH
+    batch = _rows_batch(rows)
     lines = ["# prunekit comparison", "", *table(columns(batch), body, right=set(range(3, 10)))]
     lines += [
         "",
         "value: main metric on test, else validation. kept: kept fraction of the prunable block parameters as "
         f"saved. FLOPs: pruned / dense FLOPs per token. speedup: dense / pruned median latency (measured) at batch "
-        f"1 and {batch}, the largest batch every run measured.",
+        f"1 and {batch}.",
     ]
     devices = sorted({r["device"] for r in rows if r["device"]})
     if len(devices) > 1:
@@ -242,9 +249,10 @@ def compare(
         raise UsageError(f"--at {at}: give the measured speedup to compare at, a positive number such as 2")
     if batch is not None and batch < 1:
         raise UsageError(f"--batch {batch}: give a batch size the runs were benchmarked at, such as 32")
+    runs = [load_run(d, with_log=False) for d in run_dirs]  # each manifest read once
     if batch is None:
-        batch = common_batch([load_run(d, with_log=False).data.get("bench") for d in run_dirs])
-    rows = [run_row(d, batch) for d in run_dirs]
+        batch = common_batch([run.data.get("bench") for run in runs])
+    rows = [_row(run, d, batch) for run, d in zip(runs, run_dirs, strict=True)]
     _unique_names(rows)
     spec = _plot_points(rows)
     best = best_at(rows, at) if at is not None else None
@@ -261,7 +269,7 @@ def compare(
     if spec["points"]:
         from prunekit.report.plots import plot_tradeoff
 
-        plot_tradeoff(spec["points"], spec["dense"], spec["ylabel"], plot, batch=rows[0]["batch"])
+        plot_tradeoff(spec["points"], spec["dense"], spec["ylabel"], plot, batch=_rows_batch(rows))
     else:
         plot.unlink(missing_ok=True)  # no stale plot from an earlier comparison
         plot = None
@@ -276,7 +284,7 @@ def format_table(rows: list[dict[str, Any]]) -> Table:
     from rich.table import Table
 
     tbl = Table(title="prunekit compare")
-    for i, col in enumerate(columns(rows[0]["batch"] if rows else BIG_BATCH)):
+    for i, col in enumerate(columns(_rows_batch(rows))):
         tbl.add_column(col, justify="right" if i >= 3 else "left")
     for r in rows:
         tbl.add_row(*_cells(r))
