@@ -13,13 +13,15 @@ No mask variables: two regularisers during ordinary fine-tuning plus a head step
 - Attention, group l_1^{1/2} (`att_reg`): sum over input dimensions i of sqrt(sum_r |A[r, i]| + 1e-8) with
   A = [Wq; Wk; Wv] (GPT-2's fused c_attn is that matrix already).
 - Proximal form (`penalty: proximal`, the default; methods/shrinkage.py): the same two penalties applied as soft
-  thresholds after each optimizer step instead of loss terms, because through AdamW a loss term moves a weight by
-  at most ~lr per step and a few hundred fine-tuning steps zero almost nothing (measured). FFN entries are pulled
-  by their neuron's degree weight (normalised to mean 1 per matrix, so the total pull equals plain L1's and only
-  its distribution differs: sparse neurons empty out), Q/K/V columns by 1 / sqrt(their l1 mass) (the group
-  norm linearised at the current point); in target mode the pull is capped at the target quantile (capped L1:
-  weights that survive the target are not shrunk). A neuron or head that dies (zero in- or out-degree) has its remaining
-  weights zeroed at once, which changes nothing it computes. `penalty: loss` keeps the paper's loss terms.
+  thresholds after each optimizer step instead of loss terms, because through AdamW a loss term moves a weight by at
+  most ~lr per step and a few hundred fine-tuning steps zero almost nothing (measured). FFN entries are pulled by
+  their neuron's degree weight (normalised to mean 1 per matrix, so the total pull equals plain L1's and only its
+  distribution differs: sparse neurons empty out), Q/K/V columns by 1 / sqrt(their l1 mass) (the group norm
+  linearised at the current point); in target mode the pull is capped at the target quantile of |w| / m (capped L1:
+  weights that survive the target are not shrunk; a degree weight sets how fast a thin neuron's small weights go,
+  never whether its large ones do, which emptied the decoder's thin neurons and broke SmolLM2). A neuron or head
+  that dies (zero in- or out-degree) has its remaining weights zeroed at once, which changes nothing it computes.
+  `penalty: loss` keeps the paper's loss terms.
 - After each epoch, redundant heads (max |P_i - P_j| <= theta on their Q/K/V rows) are found by the greedy
   dominating set, folded into their survivor's output projection and zeroed (methods/heads.py; Llama merges whole
   KV groups). They stay masked for the rest of training; `finalize` returns them in the masks and the pipeline's

@@ -12,14 +12,14 @@ matrix's mean |w| when the method attached (so one strength means the same on an
 lambda_t = scale * shrink / total_steps: `shrink` is the total pull over the run in units of m. Exact zeros stay
 zero unless the task gradient pushes back harder than tau: weights can return, so sparsity stays dynamic.
 
-In target mode the pull is capped (`capped`): only entries scoring below the target quantile of |w| / (omega m)
-are pulled (capped L1, whose proximal map leaves large weights alone), because plain L1 shrinks every surviving
-weight by the whole pull, far more than a short fine-tune's optimizer steps restore. The scale starts where a
-schedule-long pull would zero exactly `target_sparsity` of the weights if the task did not resist (the target
-quantile of |w| / (omega m), reached at `end`), then follows the measured near-zero fraction: up by
-`control_rate` per step below the cubic schedule; above it, down, and the step only holds the zeros (entries
-within tau of zero return to it; nothing new is pulled), because zeros cannot be undone by lowering the scale,
-so the controller must not overshoot.
+In target mode the pull is capped (`capped`): only entries below the target quantile of |w| / m are pulled (capped
+L1, whose proximal map leaves large weights alone; omega sets the speed, not the cap), because plain L1 shrinks
+every surviving weight by the whole pull, far more than a short fine-tune's optimizer steps restore. The scale
+starts where a schedule-long pull would zero exactly `target_sparsity` of the weights if the task did not resist
+(the target quantile of |w| / (omega m), reached at `end`), then follows the measured near-zero fraction: up by
+`control_rate` per step below the cubic schedule; above it, down, and the step only holds the zeros (entries within
+tau of zero return to it; nothing new is pulled), because zeros cannot be undone by lowering the scale, so the
+controller must not overshoot.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ShrinkConfig(MethodConfig):
     target_sparsity: float | None = None  # set: steered to the cubic schedule, exact magnitude cut at the end
     start: float = Field(default=0.0, ge=0, le=1)  # target mode: the schedule leaves 0 here (fraction of steps)
     end: float = Field(default=0.7, ge=0, le=1)  # ...and reaches the target here (also: best-checkpoint selection)
-    # target mode, proximal: pull only entries scoring below the target quantile of |w| / (omega m) (capped L1,
+    # target mode, proximal: pull only entries below the target quantile of |w| / m (capped L1,
     # Zhang 2010: its proximal map leaves large weights alone). Plain L1 also shrinks every surviving weight by the
     # whole pull, ~0.7 std at 50% sparsity, far more than a few hundred AdamW steps can restore (measured: the task
     # loss went from 0.30 to 0.64 on MiniLM-L6 / RT by 59% sparsity)
@@ -151,20 +151,23 @@ class ShrinkState:
         if mode == "none":
             return lam
         capped = mode == "pull" and c.capped and bool(c.target_sparsity)
-        # the scores before the move, computed once: the goal check, the cap and the band all read them
-        scores = (
-            [self._scores(n, w, om) for n, w, om in pulls] if capped or (mode == "pull" and goal is not None) else None
-        )
-        if mode == "pull" and goal is not None:
+        # the scores before the move, computed once: the goal check reads them
+        scores = [self._scores(n, w, om) for n, w, om in pulls] if mode == "pull" and goal is not None else None
+        if scores is not None:
             total = sum(w.numel() for _, w, _ in pulls)
             zeroed = sum(int((sc <= lam).sum()) for sc in scores)
             if zeroed > goal * total:
                 lam = min(lam, _quantile(scores, goal, sample=False))
-        cap = _quantile(scores, c.target_sparsity) if capped else None
+        # the cap is a magnitude (|w| / m, omega left out): omega sets how fast an entry is pulled, never whether a
+        # weight that survives the target is. Capping the weighted score instead let a large omega (a thin neuron's
+        # degree weight) pull every weight of its unit, large ones included, to zero (measured: SmolLM2-135M's
+        # perplexity 21 -> 66 at 25% as thin neurons died, 26 with the weights frozen; docs/results.md)
+        magnitudes = [self._scores(n, w, 1.0) for n, w, _ in pulls] if capped else None
+        cap = _quantile(magnitudes, c.target_sparsity) if capped else None
         for k, (name, w, omega) in enumerate(pulls):
             tau = torch.as_tensor(omega, dtype=torch.float32) * (lam * self.mean_abs[name])
-            if cap is not None:  # capped: entries above the target quantile are not pulled
-                tau = tau.to(w.device) * (scores[k] <= cap)
+            if cap is not None:  # capped: entries above the target magnitude quantile are not pulled
+                tau = tau.to(w.device) * (magnitudes[k] <= cap)
             if mode == "pull":
                 soft_threshold_(w, tau)
             elif name in self.zeros:
