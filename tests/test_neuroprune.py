@@ -197,6 +197,29 @@ def test_regularisers_match_hand_computed_values():
     assert float(attention_penalty([wq, wk, wv])) == pytest.approx(math.sqrt(5 + 1e-8) + math.sqrt(3 + 1e-8))
 
 
+def test_dead_neurons_do_not_set_the_degree_weights_of_the_live_ones():
+    """A dead neuron (in- or out-degree 0) would weigh 1 / 1e-3 and, through the mean-1 normalisation, cut every
+    live neuron's pull; the live neurons' weights are those of the live neurons alone."""
+    frac = torch.tensor([1.0, 0.5, 0.25, 0.0, 0.0])
+    live = frac > 0
+    for weighting in ("inverse", "linear"):
+        w = degree_weights(frac, weighting, live)
+        alone = degree_weights(frac[:3], weighting)
+        assert w[:3].tolist() == pytest.approx(alone.tolist(), rel=1e-6), weighting
+        assert w[3:].tolist() == pytest.approx([float(alone.mean())] * 2, rel=1e-6), weighting
+    model = tiny_model("llama")
+    topo = describe(model)
+    b = topo.blocks[0]
+    with torch.no_grad():  # neuron 0 dead as the method leaves one: gate and up rows and down column zero
+        for name in b.ffn.inputs:
+            weight_view(get_module(model, name))[0] = 0.0
+        weight_view(get_module(model, b.ffn.output))[:, 0] = 0.0
+    method = create_method("neuroprune", {})
+    method.attach(model, topo)
+    assert float(method.c_in[0][1:].mean()) == pytest.approx(1.0, rel=1e-5)
+    assert float(method.c_in[0].max()) < 10  # the dead neuron does not stand at ~1 / 1e-3
+
+
 def _sparsify(model, topo) -> None:
     """Zero a pattern of FFN weights so the degrees differ from neuron to neuron."""
     g = torch.Generator().manual_seed(1)
@@ -252,13 +275,15 @@ def test_degree_refresh_every_n_steps():
     )  # on_step moves no weight
     method.attach(model, topo)
     before = method.c_in[0].clone()
-    with torch.no_grad():
-        weight_view(get_module(model, topo.blocks[0].ffn.inputs[0]))[:5] = 0.0
+    with torch.no_grad():  # half of 5 neurons' input rows: linear weight 1 - 1/2 (emptied, they would be dead)
+        w1 = weight_view(get_module(model, topo.blocks[0].ffn.inputs[0]))
+        w1[:5, : w1.shape[1] // 2] = 0.0
     method.on_step(1, 10)
     method.on_step(2, 10)
     assert torch.equal(method.c_in[0], before)
     logged = method.on_step(3, 10)
-    assert method.c_in[0][:5].tolist() == [1.0] * 5 and torch.equal(method.c_in[0][5:], before[5:])
+    half = 1 - (w1.shape[1] - w1.shape[1] // 2) / w1.shape[1]
+    assert method.c_in[0][:5].tolist() == pytest.approx([half] * 5) and torch.equal(method.c_in[0][5:], before[5:])
     assert {"near_zero", "degree_mean", "degree_std", "ffn_l1", "heads_kept"} <= set(logged)
 
 

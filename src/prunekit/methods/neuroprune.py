@@ -83,14 +83,20 @@ class NeuroPruneConfig(ShrinkConfig):
 # ---------------------------------------------------------------- the regularisers, as plain functions
 
 
-def degree_weights(frac: torch.Tensor, weighting: str) -> torch.Tensor:
-    """Per-neuron penalty weights from fractional degrees: sparse neurons get the larger weight."""
+def degree_weights(frac: torch.Tensor, weighting: str, live: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-neuron penalty weights from fractional degrees: sparse neurons get the larger weight. Dead neurons
+    (`live` False) get the live neurons' mean: their weights are zero already, and at 1 / 1e-3 each they would set
+    the normalisation and shrink every live neuron's pull (by ~200x with 23% dead, as MiniLM had at 90%), handing
+    the target to the attention matrices."""
     if weighting == "linear":
-        return 1.0 - frac
-    if weighting == "inverse":
+        w = 1.0 - frac
+    elif weighting == "inverse":
         w = 1.0 / (frac + INVERSE_OFFSET)
-        return w / w.mean()
-    raise ValueError(f"weighting must be 'linear' or 'inverse', got '{weighting}'")
+    else:
+        raise ValueError(f"weighting must be 'linear' or 'inverse', got '{weighting}'")
+    if live is not None and bool(live.any()) and not bool(live.all()):
+        w = torch.where(live, w, w[live].mean())
+    return w / w.mean() if weighting == "inverse" else w
 
 
 def ffn_penalty(
@@ -238,8 +244,9 @@ class NeuroPrune(Method):
     def _refresh(self, degrees: dict[int, tuple[torch.Tensor, torch.Tensor, int, int]]) -> None:
         w = self.config.weighting
         for i, (n_in, n_out, p_in, p_out) in degrees.items():
-            self.c_in[i] = degree_weights(n_in.float() / p_in, w)
-            self.c_out[i] = degree_weights(n_out.float() / p_out, w)
+            live = (n_in > 0) & (n_out > 0)
+            self.c_in[i] = degree_weights(n_in.float() / p_in, w, live)
+            self.c_out[i] = degree_weights(n_out.float() / p_out, w, live)
 
     def loss_terms(self, model: nn.Module, batch: dict, outputs: Any) -> dict[str, torch.Tensor]:
         c, terms = self.config, {}
