@@ -4,7 +4,8 @@ No mask variables: two regularisers during ordinary fine-tuning plus a head step
 
 - FFN, preferential-attachment weighted L1 (`ffn_reg`): neuron j's input row(s) are weighted by
   c_in_j = f(fin_j) and its output column by c_out_j = f(fout_j), with fin/fout the fraction of its edges with
-  |w| > eps and f = 1 - frac (`linear`) or 1 / (frac + 1e-3) normalised to mean 1 per matrix (`inverse`).
+  |w| > eps and f = 1 - frac (`linear`) or 1 / (frac + 1e-3) normalised to mean 1 per matrix (`inverse`; dead
+  neurons take the live mean, so they do not set the normalisation).
   Sparse neurons are pushed harder, so they empty out and die while well-connected ones are spared. The weights
   are constants (computed without gradient), refreshed every `degree_refresh_steps` optimizer steps.
   Gated FFNs (Llama, SmolLM2: down(act(gate x) * up x)): a neuron's in-edges are its gate row and its up row
