@@ -10,6 +10,7 @@ the dense model at the end (`bench`), so run nothing else meanwhile. Finished ru
     python benchmarks/neuroprune.py --dataset rotten_tomatoes --out runs/neuroprune/rt --dense runs/nxm/rt/dense
     python benchmarks/neuroprune.py --out runs/neuroprune/quick --quick          # plumbing, not results
     python benchmarks/neuroprune.py ... --sparsities 0.7 --movement 0.7 --movement-epochs 2 4  # + movement runs
+    python benchmarks/neuroprune.py ... --sparsities 0.7 --mlpruning 0.7                  # + MLPruning step 1
     python benchmarks/neuroprune.py --model smollm2-135m --dataset enwiki --out runs/neuroprune/smollm2-enwiki \
         --max-train 8 --max-examples 4 --max-length 128 --batch-size 4 --dense-lr 5e-5 --dense-epochs 1 --epochs 1 \
         --sparsities 0.25 0.5 0.7 --bench-batch 1 8                       # the decoder: perplexity, ~1 h on 2 cores
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from _suite import compare, data_and_common, dense_recipe, run, seed_summary, suite_parser
+
+KD = {"teacher": "dense", "alpha": 0.9, "temperature": 2.0, "hidden_weight": 1.0, "attention_weight": 1.0}
 
 
 def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -47,6 +50,10 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             recipe_train = {**train, "epochs": epochs}
             out[f"movement-{round(s * 100)}-e{epochs}"] = {"model": start, "data": data, "train": recipe_train,
                                                            "method": method, "bench": bench}  # fmt: skip
+    for s in args.mlpruning:  # the mask-learning comparison: MLPruning step 1 (heads, rows) to the same kept fraction
+        method = {"name": "mlpruning", "step": 1, "target": round(1.0 - s, 4), "block": 32}
+        out[f"mlpruning-{round(s * 100)}"] = {"model": start, "data": data, "train": train, "method": method,
+                                              "distill": KD, "bench": bench}  # fmt: skip
     return out
 
 
@@ -59,6 +66,13 @@ def main(argv: list[str] | None = None) -> None:
         nargs="*",
         default=[],
         help="also movement pruning (unstructured, global) to these sparsities: the training-time baseline",
+    )
+    ap.add_argument(
+        "--mlpruning",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also MLPruning step 1 (structured, KD from the dense run) to these sparsities, the suite's epochs",
     )
     ap.add_argument("--movement-epochs", type=int, nargs="+", default=[2], help="epochs of each movement run")
     ap.add_argument("--bench-batch", type=int, nargs="+", default=[1, 32], help="latency batch sizes (sequence 128)")
