@@ -13,6 +13,10 @@ from typing import Any
 
 import yaml
 
+# MLPruning's distillation (METHODS.md 3e: logits, hidden states, attention) from the suite's dense run; shared by
+# every suite that runs MLPruning so their numbers come from one setting
+KD_MLPRUNING = {"teacher": "dense", "alpha": 0.9, "temperature": 2.0, "hidden_weight": 1.0, "attention_weight": 1.0}
+
 
 def suite_parser(doc: str, epochs_help: str) -> argparse.ArgumentParser:
     """The arguments a suite that starts from one dense run shares: data, model, the dense start, budget."""

@@ -22,9 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from _suite import compare, data_and_common, dense_recipe, prunekit, run, seed_summary, suite_parser
-
-KD = {"teacher": "dense", "alpha": 0.9, "temperature": 2.0, "hidden_weight": 1.0, "attention_weight": 1.0}
+from _suite import KD_MLPRUNING, compare, data_and_common, dense_recipe, prunekit, run, seed_summary, suite_parser
 
 
 def kept_block_fraction(run_dir: Path) -> float:
@@ -66,13 +64,13 @@ def main(argv: list[str] | None = None) -> None:
         run("dense", dense_recipe(args, data, common), out, args.progress)
     train = {"epochs": args.epochs, "lr": args.lr, **common}
     method = {"name": "mlpruning", "block": args.block}
-    step1 = {"model": start, "data": data, "train": train, "distill": KD,
+    step1 = {"model": start, "data": data, "train": train, "distill": KD_MLPRUNING,
              "method": method | {"step": 1, "target": args.tau1}}  # fmt: skip
     run("mlpruning-1", step1, out, args.progress)
     kept1 = kept_block_fraction(out / "mlpruning-1")
     block_target = min(1.0, args.overall / kept1)  # of what step 1 left, so that `overall` of the dense remains
     steps = {"step": "both", "target": args.tau1, "block_target": round(block_target, 4)}
-    both = {"model": start, "data": data, "train": train, "distill": KD, "method": method | steps}
+    both = {"model": start, "data": data, "train": train, "distill": KD_MLPRUNING, "method": method | steps}
     run("mlpruning-2", both, out, args.progress)
     kept2 = kept_block_fraction(out / "mlpruning-2")
     # the baselines keep what MLPruning measurably kept (its regulariser stops near, not at, its targets)

@@ -25,9 +25,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from _suite import compare, data_and_common, dense_recipe, run, seed_summary, suite_parser
-
-KD = {"teacher": "dense", "alpha": 0.9, "temperature": 2.0, "hidden_weight": 1.0, "attention_weight": 1.0}
+from _suite import KD_MLPRUNING, compare, data_and_common, dense_recipe, run, seed_summary, suite_parser
 
 
 def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -53,7 +51,7 @@ def recipes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     for s in args.mlpruning:  # the mask-learning comparison: MLPruning step 1 (heads, rows) to the same kept fraction
         method = {"name": "mlpruning", "step": 1, "target": round(1.0 - s, 4), "block": 32}
         out[f"mlpruning-{round(s * 100)}"] = {"model": start, "data": data, "train": train, "method": method,
-                                              "distill": KD, "bench": bench}  # fmt: skip
+                                              "distill": KD_MLPRUNING, "bench": bench}  # fmt: skip
     return out
 
 

@@ -27,7 +27,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from _suite import compare, data_and_common, dense_recipe, prunekit, run, seed_summary
+from _suite import KD_MLPRUNING, compare, data_and_common, dense_recipe, prunekit, run, seed_summary
 
 # model, dataset and the settings that differ per suite (each overridable on the command line)
 SUITES: dict[str, dict[str, Any]] = {
@@ -43,7 +43,6 @@ SUITES: dict[str, dict[str, Any]] = {
 BASELINES = ("magnitude-hn", "movement-hn", "l1", "asp")
 METHODS = ("neuroprune", "nxm", "mlpruning", "nas")
 KD_LOGITS = {"teacher": "dense", "alpha": 0.5, "temperature": 2.0}
-KD_MLPRUNING = {"teacher": "dense", "alpha": 0.9, "temperature": 2.0, "hidden_weight": 1.0, "attention_weight": 1.0}
 
 
 def pruned_recipes(args: argparse.Namespace, start: str, data: dict, train: dict) -> dict[str, dict[str, Any]]:
