@@ -14,18 +14,14 @@ import argparse
 import torch
 
 from prunekit.api import load_source
-from prunekit.methods.neuroprune import edge_counts
-from prunekit.topology import describe, get_module, weight_view
+from prunekit.methods.neuroprune import edge_counts, ffn_matrices
+from prunekit.topology import describe
 
 
 def degree_fractions(run_dir: str, eps: float = 0.0) -> torch.Tensor:
     model, _, _ = load_source(run_dir)
     fracs = []
-    for b in describe(model).blocks:
-        if b.ffn is None or not b.ffn.width:
-            continue
-        inputs = [weight_view(get_module(model, n)) for n in b.ffn.inputs]
-        output = weight_view(get_module(model, b.ffn.output))
+    for _, inputs, output in ffn_matrices(model, describe(model)):
         n_in, n_out = edge_counts(inputs, output, eps)
         total = (n_in + n_out).float()
         fracs.append(total[total > 0] / (sum(w.shape[1] for w in inputs) + output.shape[0]))

@@ -131,6 +131,19 @@ def group_weights(qkv: list[torch.Tensor]) -> torch.Tensor:
         return (g / med).unsqueeze(0)
 
 
+def ffn_matrices(model: nn.Module, topo: Topology) -> list[tuple[int, list[torch.Tensor], torch.Tensor]]:
+    """(layer, input weight(s), output weight) of every FFN with neurons left, as (out, in) views."""
+    return [
+        (
+            b.index,
+            [weight_view(get_module(model, n)) for n in b.ffn.inputs],
+            weight_view(get_module(model, b.ffn.output)),
+        )
+        for b in topo.blocks
+        if b.ffn is not None and b.ffn.width
+    ]
+
+
 def edge_counts(inputs: list[torch.Tensor], output: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(in-edges, out-edges) per neuron: entries with |w| > eps in its input row(s) and its output column."""
     with torch.no_grad():
@@ -166,16 +179,7 @@ class NeuroPrune(Method):
     # ------------------------------------------------------------ weights, looked up on every call
 
     def _ffn(self, model: nn.Module | None = None) -> list[tuple[int, list[torch.Tensor], torch.Tensor]]:
-        model = model or self.model
-        return [
-            (
-                b.index,
-                [weight_view(get_module(model, n)) for n in b.ffn.inputs],
-                weight_view(get_module(model, b.ffn.output)),
-            )
-            for b in self.topo.blocks
-            if b.ffn is not None and b.ffn.width
-        ]
+        return ffn_matrices(model or self.model, self.topo)
 
     def _qkv(self, model: nn.Module | None = None) -> list[list[torch.Tensor]]:
         model = model or self.model
