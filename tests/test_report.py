@@ -378,3 +378,23 @@ def test_manifest_history_stands_in_for_a_missing_log(tmp_path):
     text = write_report(run).read_text()
     assert "manifest's history" in text and "](plots/eval_metrics.png)" in text
     assert _is_png(run / "plots" / "eval_metrics.png")
+
+
+def test_close_points_get_labels_that_do_not_overlap():
+    """ASP and 2:4 runs land a hair apart on the accuracy-vs-speedup plot: their names must both stay readable."""
+    from prunekit.report.plots import _figure, separate_labels
+
+    fig, (ax,) = _figure(1, width=7.0, panel_height=4.5)
+    xy = {"asp": (0.99, 0.8251), "nxm": (0.97, 0.8236), "l1": (0.96, 0.8290), "far": (2.1, 0.79)}
+    ax.scatter([p[0] for p in xy.values()], [p[1] for p in xy.values()])
+    ax.set_ylim(0.785, 0.85)
+    labels = [ax.annotate(k, p, textcoords="offset points", xytext=(5, 5)) for k, p in xy.items()]
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    before = [t.get_window_extent(renderer) for t in labels]
+    assert before[0].overlaps(before[1])  # the case this is for
+    separate_labels(labels)
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(4) for j in range(i + 1, 4))
+    assert labels[3].xyann == (5, 5)  # a label with room is left where it was
+    assert boxes[0].y0 > boxes[1].y0  # order kept: the higher point's label stays above

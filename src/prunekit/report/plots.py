@@ -158,6 +158,7 @@ def plot_tradeoff(
     ratio), and the dense model(s) at 1.0. A positive metric spanning over 10x (perplexities of a failed run
     beside good ones) gets a log axis, or the good ones would sit on one line."""
     fig, (ax,) = _figure(1, width=7.0, panel_height=4.5)
+    labels = []
     for p in points:
         estimated = p["estimated"]
         ax.scatter(
@@ -168,10 +169,12 @@ def plot_tradeoff(
             edgecolors="#3b75af",
             zorder=3,
         )
-        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5), fontsize="small")
+        labels.append(
+            ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5), fontsize="small")
+        )
     for label, value in dense_points:
         ax.scatter([1.0], [value], marker="*", s=120, color="#c44e52", zorder=3)
-        ax.annotate(label, (1.0, value), textcoords="offset points", xytext=(5, -12), fontsize="small")
+        labels.append(ax.annotate(label, (1.0, value), textcoords="offset points", xytext=(5, -12), fontsize="small"))
     ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
     ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
     ys = [p["y"] for p in points] + [v for _, v in dense_points]
@@ -183,4 +186,36 @@ def plot_tradeoff(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    separate_labels(labels)
     return _save(fig, path)
+
+
+def separate_labels(labels: list, gap_px: float = 2.0, rounds: int = 100) -> None:
+    """Nudge overlapping point labels apart vertically: runs that land close together (2:4 beside ASP) would
+    otherwise print their names over each other. Labels leave the layout so that moving them moves nothing else."""
+    if len(labels) < 2:
+        return
+    fig = labels[0].figure
+    for t in labels:
+        t.set_in_layout(False)
+    fig.canvas.draw()  # fixes the layout; the boxes below need its renderer
+    renderer = fig.canvas.get_renderer()
+    to_points = 72.0 / fig.dpi
+    for _ in range(rounds):
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        moved = False
+        for i in range(len(labels)):
+            for j in range(i + 1, len(labels)):
+                lo, hi = (i, j) if boxes[i].y0 <= boxes[j].y0 else (j, i)
+                a, b = boxes[lo], boxes[hi]
+                overlap = min(a.x1, b.x1) - max(a.x0, b.x0) > 0 and a.y1 + gap_px > b.y0
+                if overlap:
+                    half = (a.y1 + gap_px - b.y0) / 2 * to_points + 0.5
+                    for k, sign in ((lo, -1), (hi, 1)):
+                        x, y = labels[k].xyann
+                        labels[k].xyann = (x, y + sign * half)
+                    for k in (lo, hi):
+                        boxes[k] = labels[k].get_window_extent(renderer)
+                    moved = True
+        if not moved:
+            return
