@@ -204,7 +204,9 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
     dense_reference = copy.deepcopy(model).eval() if main else None
     if main:
         metrics["dense"] = _evaluate(task, dense_reference, data, tok, recipe.train)
-        log(f"dense: {_fmt(metrics['dense'], task.main_metric)}")
+        # the reference every later number is set against; for a `dense` run that is the model before training
+        before = "before training" if method.name == "dense" else "dense reference"
+        log(f"{before}: {_fmt(metrics['dense'], task.main_metric)}")
 
     from prunekit.structure import structure
 
