@@ -143,3 +143,27 @@ def test_demo_command_on_real_minilm(tmp_path):
     assert manifest.split["sizes"] == {"train": 160, "validation": 400, "test": 400}
     size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert size(prunekit.load(out)) < size(prunekit.load(out / "dense"))
+
+
+def test_a_new_task_head_starts_from_the_recipe_seed(tmp_path):
+    """A head the checkpoint lacks (here QA on a classifier folder) must not depend on the RNG state at load time:
+    it did, so the same recipe started from a different head in every process and dense runs did not reproduce.
+    The caller's RNG stream is left as it was."""
+    from prunekit.api import load_source
+
+    folder = str(tiny_bert_dir(tmp_path))
+
+    def head(seed: int) -> torch.Tensor:
+        model, _, _ = load_source(folder, task_head="question-answering", seed=seed)
+        return model.qa_outputs.weight.detach().clone()
+
+    torch.manual_seed(1)
+    first = head(0)
+    torch.randn(1000)  # whatever else ran in the process
+    assert torch.equal(first, head(0))
+    assert not torch.equal(first, head(1))
+    torch.manual_seed(5)
+    head(0)
+    after_load = torch.randn(3)
+    torch.manual_seed(5)
+    assert torch.equal(after_load, torch.randn(3))

@@ -38,8 +38,12 @@ def load_source(
     task_head: str = "sequence-classification",
     num_labels: int | None = None,
     trust_remote_code: bool = False,
+    seed: int = 0,
 ):
-    """(model, tokenizer, manifest or None) from a run directory or a model name / folder / hub id."""
+    """(model, tokenizer, manifest or None) from a run directory or a model name / folder / hub id.
+
+    A task head the checkpoint lacks is initialised from `seed` (the global RNG is left as it was): unseeded, the
+    same recipe started from a different head in every process and its results did not reproduce."""
     from prunekit.catalog import load_model
     from prunekit.io import MANIFEST, load, read_manifest
 
@@ -47,7 +51,9 @@ def load_source(
         # a training source: plain linears (checks the tokenizer against the embedding)
         model, tok = load(source, with_tokenizer=True, block_sparse="never")
         return model, tok, read_manifest(source)
-    model, tok = load_model(source, task=task_head, num_labels=num_labels, trust_remote_code=trust_remote_code)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, tok = load_model(source, task=task_head, num_labels=num_labels, trust_remote_code=trust_remote_code)
     return model.eval(), tok, None
 
 

@@ -112,6 +112,7 @@ def _load_start(recipe: Recipe, task, num_labels: int | None):
         task_head=task.model_head,
         num_labels=num_labels,
         trust_remote_code=recipe.trust_remote_code,
+        seed=recipe.train.seed,
     )
     if manifest is not None and manifest.task_head != task.model_head:
         raise UsageError(f"'{recipe.model}' has a {manifest.task_head} head, the task needs {task.model_head}")
