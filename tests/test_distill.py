@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from prunekit.compact import compact
 from prunekit.errors import UsageError
 from prunekit.masks import MaskSet
+from prunekit.topology import describe
 from prunekit.train.distill import (
     DistillConfig,
     default_layer_map,
@@ -196,3 +197,37 @@ def test_config_errors():
     no_probs = {"logits": torch.zeros(1, 2), "hidden_states": hs, "attentions": ()}  # what sdpa returns
     with pytest.raises(UsageError, match="eager"):
         distill_terms(no_probs, no_probs, None, DistillConfig(attention_weight=1))
+
+
+def test_relative_hidden_kd_is_the_mse_over_the_teachers_mean_square_and_scale_free():
+    """Pre-norm residual streams carry dimensions thousands of times the rest: the relative form must not grow
+    with that scale, and each layer must count by its error relative to the teacher's own size."""
+    student, teacher = _bert_outputs(0), _bert_outputs(1)
+    plain = DistillConfig(alpha=1.0, hidden_weight=1.0, hidden_norm="none")
+    rel = DistillConfig(alpha=1.0, hidden_weight=1.0, hidden_norm="teacher")
+    expected = sum(
+        F.mse_loss(s, t) / t.pow(2).mean() for s, t in zip(student.hidden_states, teacher.hidden_states, strict=True)
+    )
+    got = distill_terms(student, teacher, None, rel)["kd_hidden"]
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    scaled = [
+        {"logits": o.logits, "hidden_states": tuple(1000 * h for h in o.hidden_states)} for o in (student, teacher)
+    ]
+    assert distill_terms(*scaled, None, rel)["kd_hidden"].item() == pytest.approx(got.item(), rel=1e-4)
+    before = distill_terms(student, teacher, None, plain)["kd_hidden"].item()
+    assert distill_terms(*scaled, None, plain)["kd_hidden"].item() == pytest.approx(1e6 * before, rel=1e-4)
+    # an unresolved auto is the plain form (the paper's), so direct callers keep what they had
+    auto = DistillConfig(alpha=1.0, hidden_weight=1.0)
+    assert distill_terms(student, teacher, None, auto)["kd_hidden"].item() == pytest.approx(before, rel=1e-6)
+
+
+def test_hidden_norm_auto_is_relative_for_pre_norm_families_only():
+    from prunekit.train.distill import resolve_hidden_norm
+
+    auto = DistillConfig(hidden_weight=1.0)
+    for family, expected in (("llama", "teacher"), ("gpt2", "teacher"), ("bert", "none"), ("mpnet", "none")):
+        assert resolve_hidden_norm(auto, describe(tiny_model(family)).family).hidden_norm == expected
+    fixed = DistillConfig(hidden_weight=1.0, hidden_norm="none")
+    assert resolve_hidden_norm(fixed, "llama").hidden_norm == "none"
+    with pytest.raises(ValidationError):
+        DistillConfig(hidden_norm="layer")

@@ -41,7 +41,8 @@ def test_masked_equals_compacted_on_real_weights(minilm, tmp_path):
     loaded, tok = prunekit.load(tmp_path / "run", with_tokenizer=True)
     with torch.no_grad():
         expected = compacted(**inputs).logits
-        torch.testing.assert_close(loaded(**dict(tok(SENTENCES, padding=True, return_tensors="pt"))).logits,
-                                   expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            loaded(**dict(tok(SENTENCES, padding=True, return_tensors="pt"))).logits, expected, atol=1e-5, rtol=0
+        )
     info = export_onnx(loaded, tmp_path / "model.onnx", example_inputs=inputs)
     assert info["max_abs_diff"] <= 1e-4

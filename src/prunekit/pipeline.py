@@ -373,10 +373,12 @@ def _task_info(task, d, data) -> dict[str, Any]:
 def _teacher(recipe: Recipe, model: nn.Module, task):
     if recipe.distill is None:
         return None, None
-    from prunekit.train.distill import DistillConfig
+    from prunekit.topology import describe
+    from prunekit.train.distill import DistillConfig, resolve_hidden_norm
 
     spec = recipe.distill
     cfg = DistillConfig(**spec.model_dump(exclude={"teacher"}), teacher=spec.teacher)
+    cfg = resolve_hidden_norm(cfg, describe(model).family)
     if spec.teacher == "dense":  # the dense fine-tuned stage, or the starting model when it is already fine-tuned
         return copy.deepcopy(model).eval(), cfg
     from prunekit.api import load_source

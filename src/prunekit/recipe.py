@@ -70,6 +70,7 @@ class DistillSpec(BaseModel):
     hidden_weight: float = Field(0.0, ge=0)
     attention_weight: float = Field(0.0, ge=0)
     layer_map: list[int] | None = None
+    hidden_norm: Literal["auto", "none", "teacher"] = "auto"  # see prunekit.train.distill
 
 
 class BenchSpec(BaseModel):

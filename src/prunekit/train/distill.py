@@ -5,6 +5,7 @@ The loss is a sum of named terms, so each one is logged on its own:
     task          (1 - alpha) * task_loss
     kd_logits     alpha * T^2 * KL(softmax(t / T) || softmax(s / T))      (MSE for regression heads)
     kd_hidden     alpha * hidden_weight * sum over matched layers of MSE(hidden states)
+                  (each divided by the teacher's mean square of that layer when `hidden_norm` is teacher)
     kd_attention  alpha * attention_weight * sum over matched layers of MSE(attention probabilities)
 
 Each MSE is the element mean of one layer's tensors; layers are summed, not averaged, which is the
@@ -18,13 +19,21 @@ embeddings with the embeddings; `attentions[i]` with the teacher's `attentions[l
 default map spaces the student uniformly and takes the last teacher block of each group: 6 from
 12 gives [1, 3, 5, 7, 9, 11]; a pruned model of the teacher's depth gets the identity.
 
+Hidden-state MSE assumes hidden states of unit scale, as a post-norm encoder's are (BERT, MPNet: every
+block ends in LayerNorm). A pre-norm decoder's hidden states are its unnormalised residual stream (Llama,
+GPT-2), with a few dimensions thousands of times larger than the rest: there the plain MSE of one
+pruned unit reached 1e5 on SmolLM2-135M and outweighed every other term, so MLPruning's thresholds
+were pushed back to keeping everything. `hidden_norm: auto` (the default) therefore divides each
+layer's MSE by the teacher's mean square of that layer for pre-norm families, and leaves post-norm
+ones as the paper has them.
+
 Hidden and attention terms only use layers whose shapes agree: pruning heads changes a layer's
 attention shape (that layer is skipped), pruning heads or neurons keeps the hidden size.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +53,20 @@ class DistillConfig(BaseModel):
     hidden_weight: float = Field(0.0, ge=0)  # MSE between hidden states (where shapes match)
     attention_weight: float = Field(0.0, ge=0)  # MSE between attention probabilities (where shapes match)
     layer_map: list[int] | None = None  # student block i <- teacher block layer_map[i]; default: uniform spacing
+    # hidden MSE relative to the teacher's mean square per layer (`teacher`), plain (`none`), or by family (`auto`:
+    # teacher for pre-norm decoders, whose hidden states are the unnormalised residual stream). The trainers
+    # resolve auto with resolve_hidden_norm; distill_terms given an unresolved auto uses the plain form
+    hidden_norm: Literal["auto", "none", "teacher"] = "auto"
+
+
+PRE_NORM_FAMILIES = ("llama", "gpt2")
+
+
+def resolve_hidden_norm(cfg: DistillConfig, family: str) -> DistillConfig:
+    """`cfg` with `hidden_norm: auto` made concrete for the student's topology family."""
+    if cfg.hidden_norm != "auto":
+        return cfg
+    return cfg.model_copy(update={"hidden_norm": "teacher" if family in PRE_NORM_FAMILIES else "none"})
 
 
 def needs_hidden(cfg: DistillConfig) -> bool:
@@ -146,8 +169,11 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return like.new_zeros((), dtype=torch.float32)
 
 
-def hidden_kd(student_out: Any, teacher_out: Any, layer_map: list[int] | None = None) -> torch.Tensor | None:
-    """Sum over matched layers (embeddings included) of the MSE of hidden states; None without hidden states."""
+def hidden_kd(
+    student_out: Any, teacher_out: Any, layer_map: list[int] | None = None, relative: bool = False
+) -> torch.Tensor | None:
+    """Sum over matched layers (embeddings included) of the MSE of hidden states, each over the teacher's mean
+    square of that layer when `relative`; None without hidden states."""
     s_hs, t_hs = _get(student_out, "hidden_states"), _get(teacher_out, "hidden_states")
     if s_hs is None or t_hs is None:
         return None
@@ -156,7 +182,9 @@ def hidden_kd(student_out: Any, teacher_out: Any, layer_map: list[int] | None = 
     for i, j in pairs:
         s, t = s_hs[i], t_hs[j]
         if s is not None and t is not None and s.shape == t.shape:
-            total = total + F.mse_loss(s.float(), t.detach().float())
+            t = t.detach().float()
+            term = F.mse_loss(s.float(), t)
+            total = total + (term / t.pow(2).mean().clamp_min(1e-12) if relative else term)
     return total
 
 
@@ -214,8 +242,9 @@ def distill_terms(
         s_depth, t_depth = _depth(student_out), _depth(teacher_out)
         if s_depth is not None and t_depth is not None:
             layer_map = resolve_layer_map(cfg, s_depth, t_depth)
+    relative = cfg.hidden_norm == "teacher"
     for key, weight, fn, flag in (
-        ("kd_hidden", cfg.hidden_weight, hidden_kd, "output_hidden_states"),
+        ("kd_hidden", cfg.hidden_weight, lambda s, t, m: hidden_kd(s, t, m, relative), "output_hidden_states"),
         ("kd_attention", cfg.attention_weight, attention_kd, "output_attentions"),
     ):
         if weight > 0:
