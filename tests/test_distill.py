@@ -226,9 +226,9 @@ def test_hidden_norm_auto_is_relative_for_pre_norm_families_only():
 
     auto = DistillConfig(hidden_weight=1.0)
     for family, expected in (("llama", "teacher"), ("gpt2", "teacher"), ("bert", "none"), ("mpnet", "none")):
-        assert resolve_hidden_norm(auto, describe(tiny_model(family)).family).hidden_norm == expected
+        assert resolve_hidden_norm(auto, describe(tiny_model(family)).pre_norm).hidden_norm == expected
     fixed = DistillConfig(hidden_weight=1.0, hidden_norm="none")
-    assert resolve_hidden_norm(fixed, "llama").hidden_norm == "none"
+    assert resolve_hidden_norm(fixed, pre_norm=True).hidden_norm == "none"
     with pytest.raises(ValidationError):
         DistillConfig(hidden_norm="layer")
 

@@ -378,7 +378,7 @@ def _teacher(recipe: Recipe, model: nn.Module, task):
 
     spec = recipe.distill
     cfg = DistillConfig(**spec.model_dump(exclude={"teacher"}), teacher=spec.teacher)
-    cfg = resolve_hidden_norm(cfg, describe(model).family)
+    cfg = resolve_hidden_norm(cfg, describe(model).pre_norm)
     if spec.teacher == "dense":  # the dense fine-tuned stage, or the starting model when it is already fine-tuned
         return copy.deepcopy(model).eval(), cfg
     from prunekit.api import load_source

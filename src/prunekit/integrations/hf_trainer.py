@@ -143,7 +143,7 @@ class PrunekitMixin:
         if distill is not None and teacher is None:
             raise UsageError("distillation needs a teacher model: pass teacher=...")
         self.distill = distill if isinstance(distill, DistillConfig) else DistillConfig.model_validate(distill or {})
-        self.distill = resolve_hidden_norm(self.distill, describe(self.model).family)
+        self.distill = resolve_hidden_norm(self.distill, describe(self.model).pre_norm)
         self.teacher = teacher
         if teacher is not None:
             self.teacher = teacher.to(self.args.device).eval()

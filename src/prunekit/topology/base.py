@@ -91,6 +91,7 @@ class Topology:
     hidden_size: int
     blocks: list[BlockSpec]
     layers_path: str  # dotted name of the ModuleList of blocks
+    pre_norm: bool = False  # hidden states are the unnormalised residual stream (Llama, GPT-2)
 
     @property
     def num_layers(self) -> int:

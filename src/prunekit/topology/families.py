@@ -32,6 +32,8 @@ class Family:
     skip_ffn: tuple[tuple[str, Callable[[], nn.Module]], ...]
     head_attrs: Callable[[nn.Module, int, int, int], None]
     fused_qkv: bool = False
+    # hidden states are the unnormalised residual stream (LayerNorm before each sublayer), not unit-scale outputs
+    pre_norm: bool = False
 
     def heads(self, core: nn.Module, config) -> tuple[int, int, int]:
         """(heads, kv heads, head size) read from the module itself, so a compacted block reads right."""
@@ -131,6 +133,7 @@ FAMILIES: tuple[Family, ...] = (
         skip_attention=(("self_attn", lambda: ZeroSublayer(2)), ("input_layernorm", PassThrough)),
         skip_ffn=(("mlp", ZeroSublayer), ("post_attention_layernorm", PassThrough)),
         head_attrs=_llama_heads,
+        pre_norm=True,
     ),
     Family(
         name="gpt2",
@@ -148,6 +151,7 @@ FAMILIES: tuple[Family, ...] = (
         skip_ffn=(("mlp", ZeroSublayer), ("ln_2", PassThrough)),
         head_attrs=_gpt2_heads,
         fused_qkv=True,
+        pre_norm=True,
     ),
 )
 
@@ -195,6 +199,7 @@ def describe(model: nn.Module) -> Topology:
         hidden_size=int(getattr(model.config, "hidden_size", None) or model.config.dim),
         blocks=blocks,
         layers_path=layers_path,
+        pre_norm=fam.pre_norm,
     )
 
 

@@ -59,14 +59,11 @@ class DistillConfig(BaseModel):
     hidden_norm: Literal["auto", "none", "teacher"] = "auto"
 
 
-PRE_NORM_FAMILIES = ("llama", "gpt2")
-
-
-def resolve_hidden_norm(cfg: DistillConfig, family: str) -> DistillConfig:
-    """`cfg` with `hidden_norm: auto` made concrete for the student's topology family."""
+def resolve_hidden_norm(cfg: DistillConfig, pre_norm: bool) -> DistillConfig:
+    """`cfg` with `hidden_norm: auto` made concrete for a student that is (or is not) pre-norm (Topology.pre_norm)."""
     if cfg.hidden_norm != "auto":
         return cfg
-    return cfg.model_copy(update={"hidden_norm": "teacher" if family in PRE_NORM_FAMILIES else "none"})
+    return cfg.model_copy(update={"hidden_norm": "teacher" if pre_norm else "none"})
 
 
 def needs_hidden(cfg: DistillConfig) -> bool:
