@@ -71,12 +71,17 @@ def test_existing_output_is_refused_and_failed_save_leaves_nothing(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
 
 
-def test_staged_dir_overwrite_replaces(tmp_path):
+def test_staged_dir_overwrite_replaces_only_a_prunekit_run(tmp_path):
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "old").write_text("x")
+    (tmp_path / "out" / "prunekit.json").write_text("{}")
     with staged_dir(tmp_path / "out", overwrite=True) as tmp:
         (tmp / "new").write_text("y")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["new"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "old").write_text("x")
+    with pytest.raises(UsageError, match="not a prunekit run directory"), staged_dir(tmp_path / "mine", overwrite=True):
+        pass
+    assert (tmp_path / "mine" / "old").read_text() == "x"
 
 
 def test_corrupt_and_missing_files_are_clear_errors(tmp_path):

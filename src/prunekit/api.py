@@ -12,6 +12,7 @@ from torch import nn
 from prunekit.errors import UsageError
 from prunekit.masks import MaskSet, masks_from_zeros, merge, sparsity_report
 from prunekit.patterns import check_sparsity, parse_pattern
+from prunekit.rundir import check_target, check_writable
 
 
 def parse_prune_spec(spec: str) -> tuple[str, float | None]:
@@ -107,8 +108,9 @@ def compact_source(
     from prunekit.compact import compact
     from prunekit.io import save
 
-    if Path(out_dir).exists() and not overwrite:
-        raise UsageError(f"output directory '{out_dir}' exists: choose another path or pass --overwrite")
+    inputs = [source] if Path(source).expanduser().exists() else []
+    check_writable(Path(out_dir))
+    check_target(Path(out_dir), overwrite=overwrite, inputs=inputs)
     start = time.perf_counter()
     model, tokenizer, manifest = load_source(
         source, task_head=task_head, num_labels=num_labels, trust_remote_code=trust_remote_code
@@ -126,6 +128,7 @@ def compact_source(
         out_dir,
         tokenizer,
         overwrite=overwrite,
+        inputs=inputs,
         storage=storage,
         source_model=source_model,
         source_fingerprint=manifest.source_fingerprint if manifest else source_fingerprint(source),
@@ -225,22 +228,32 @@ def evaluate_run(
     split: str = "test",
     batch_size: int = 64,
     max_length: int | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a run's model on its own split (re-made from the manifest's split recipe) or on a user file."""
+    """Metrics of a run's model on its own split (re-made from the manifest's split recipe) or on a user file.
+    `task` names the task kind for a run that records none (a `compact` of a plain model); it needs `data`."""
     from prunekit.io import load, read_manifest
     from prunekit.tasks import evaluation_data, get_task, load_data
 
+    if batch_size < 1:
+        raise UsageError(f"batch size {batch_size} is not a batch size: give 1 or more")
     manifest = read_manifest(run_dir)
     info = manifest.task or {}
     if "kind" not in info:
-        raise UsageError(f"'{run_dir}' records no task (it was not trained by prunekit): evaluate needs one")
-    task = get_task(info["kind"], **(info.get("options") or {}))
-    model, tok = load(run_dir, with_tokenizer=True, block_sparse="never")  # same outputs, no timing
+        if task is None or data is None:
+            raise UsageError(
+                f"'{run_dir}' records no task (it was not trained by prunekit): give --task KIND and --data FILE, "
+                f"e.g. --task classification --data reviews.csv"
+            )
+        info = {"kind": task}
+    elif task is not None and task != info["kind"]:
+        raise UsageError(f"--task {task}, but '{run_dir}' was trained for {info['kind']}: leave --task out")
+    task_obj = get_task(info["kind"], **(info.get("options") or {}))
     recipe = manifest.recipe or {}
     max_length = max_length or (recipe.get("train") or {}).get("max_length", 128)
     if data is not None:
         dataset = evaluation_data(
-            data, task=task.kind, columns=columns or info.get("columns"), label_names=info.get("label_names")
+            data, task=task_obj.kind, columns=columns or info.get("columns"), label_names=info.get("label_names")
         )
         where = data
     else:
@@ -251,7 +264,7 @@ def evaluate_run(
         dataset, data_dir = _recorded_data(run_dir, manifest, d)
         splits, _ = load_data(
             dataset,
-            task=task.kind,
+            task=task_obj.kind,
             columns=d.get("columns"),
             data_dir=data_dir,
             seed=s.get("seed", d.get("seed", 0)),
@@ -260,5 +273,8 @@ def evaluate_run(
             max_examples=d.get("max_examples"),
         )
         dataset, where = splits[split], split
-    metrics = task.evaluate(model, dataset, tok, batch_size=batch_size, max_length=max_length)
+    if len(dataset) == 0:
+        raise UsageError(f"{where} has no rows to evaluate: give data with at least one example")
+    model, tok = load(run_dir, with_tokenizer=True, block_sparse="never")  # same outputs, no timing
+    metrics = task_obj.evaluate(model, dataset, tok, batch_size=batch_size, max_length=max_length)
     return {"data": where, "examples": len(dataset), **metrics}

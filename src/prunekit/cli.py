@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import warnings
 from typing import Annotated
@@ -13,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prunekit.errors import PrunekitError, UsageError
+from prunekit.errors import DISK_FULL_FIX, Interrupted, PrunekitError, UsageError, is_disk_full
 
 app = typer.Typer(
     add_completion=False,
@@ -30,11 +32,9 @@ _state = {"debug": False}
 def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     _state["debug"] = debug
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not debug:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+    if not debug:  # read when transformers is first imported (not here: `--help` answers without loading it)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _print_rows(rows: list[dict], title: str, as_json: bool) -> None:
@@ -163,6 +163,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Parameters, FLOPs, latency, throughput and memory beside the dense model, with ratios."""
+    _check_bench_args(batch, seq, threads, repeats, warmup, device)
     import torch
 
     from prunekit import bench as bm
@@ -195,6 +196,26 @@ def bench(
         typer.echo(json.dumps(result, indent=2))
     else:
         console.print(bm.format_bench(result))
+
+
+def _check_bench_args(
+    batch: list[int] | None, seq: int, threads: int | None, repeats: int, warmup: int, device: str
+) -> None:
+    """Every `bench` argument checked before the model is loaded (one line each, exit 2)."""
+    for b in batch or []:
+        if b < 1:
+            raise UsageError(f"--batch {b} is not a batch size: give 1 or more (repeat --batch for several)")
+    for name, value, low in (("--seq", seq, 1), ("--threads", threads, 1), ("--repeats", repeats, 1),
+                             ("--warmup", warmup, 0)):  # fmt: skip
+        if value is not None and value < low:
+            raise UsageError(f"{name} {value} is too small: give {low} or more")
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device '{device}' is not cpu or cuda")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda, but this machine has no CUDA GPU that torch can use: use --device cpu")
 
 
 @app.command()
@@ -248,7 +269,7 @@ def _summary_table(summary: dict, main_metric: str, method: str | None = None) -
     return table
 
 
-def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_json: bool) -> dict:
+def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_json: bool, inputs=()) -> dict:
     from prunekit.pipeline import run_recipe
     from prunekit.tasks import get_task  # noqa: F401  (fail early if tasks are broken)
 
@@ -259,6 +280,7 @@ def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_jso
         resume=resume,
         progress=progress,
         log=(lambda *_: None) if as_json else (lambda msg: err.print(msg, highlight=False)),
+        inputs=inputs,
     )
     if not summary:  # a non-main process under accelerate launch
         return summary
@@ -295,7 +317,7 @@ def prune(
     from prunekit.recipe import load_recipe
 
     r = load_recipe(recipe, overrides)
-    _run(r, out or f"runs/{Path(recipe).stem}", overwrite, resume, progress, as_json)
+    _run(r, out or f"runs/{Path(recipe).stem}", overwrite, resume, progress, as_json, inputs=[recipe])
 
 
 @app.command()
@@ -351,12 +373,21 @@ def evaluate(
     ] = None,
     split: Annotated[str, typer.Option(help="Split of the run's own dataset: validation or test.")] = "test",
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 64,
+    task: Annotated[
+        str | None,
+        typer.Option(help="Task kind, for a run that records none (e.g. made by `compact`); needs --data."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Evaluate a run's model on its test split (re-made from the recorded split recipe) or on your file."""
     from prunekit.api import evaluate_run
 
-    metrics = evaluate_run(run_dir, data=data, columns=_mapping(columns), split=split, batch_size=batch_size)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} is not a batch size: give 1 or more")
+    if split not in ("validation", "test"):
+        raise UsageError(f"--split '{split}' is not validation or test")
+    mapping = _mapping(columns)
+    metrics = evaluate_run(run_dir, data=data, columns=mapping, split=split, batch_size=batch_size, task=task)
     _print_rows([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}], run_dir, as_json)
 
 
@@ -384,10 +415,10 @@ def demo_recipe_path():
 @app.command()
 def report(run_dir: Annotated[str, typer.Argument(help="Run directory.")]) -> None:
     """(Re)write a run's report.md and plots."""
-    from prunekit.io import read_manifest
+    from prunekit.io import verify_weights
     from prunekit.report import write_report
 
-    read_manifest(run_dir)
+    verify_weights(run_dir)  # a report of weights that are gone or damaged would describe a model that is not there
     typer.echo(f"wrote {write_report(run_dir)}")
 
 
@@ -406,7 +437,14 @@ def compare(
 ) -> None:
     """One table (quality, kept parameters, FLOPs, measured speedup, training time) and plot for several runs."""
     from prunekit import report as rp
+    from prunekit.io import verify_weights
 
+    if at is not None and at <= 0:
+        raise UsageError(f"--at {at} is not a speedup: give a positive number, e.g. --at 2")
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch {batch} is not a batch size: give 1 or more")
+    for run_dir in run_dirs:
+        verify_weights(run_dir)
     result = rp.compare(run_dirs, out, at=at, batch=batch)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -438,7 +476,8 @@ def search(
 
     r = load_recipe(recipe, overrides)
     log = (lambda *_: None) if as_json else (lambda msg: err.print(msg, highlight=False))
-    summary = run_search(r, out or f"runs/{Path(recipe).stem}", overwrite=overwrite, progress=progress, log=log)
+    target = out or f"runs/{Path(recipe).stem}"
+    summary = run_search(r, target, overwrite=overwrite, progress=progress, log=log, inputs=(recipe,))
     for k in extract_points or []:
         summary.setdefault("extracted", []).append(
             extract(summary["out_dir"], k, Path(summary["out_dir"]) / f"point-{k}", progress=progress)["out_dir"]
@@ -508,31 +547,60 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _python_showwarning(message, category, filename, lineno, file, line)
 
 
-def main() -> None:
-    from prunekit.io import DISK_FULL_FIX, is_disk_full
+def _click_classes(name: str) -> tuple[type, ...]:
+    """`name` from click and from the copy typer >= 0.29 vendors (its commands raise the latter's exceptions)."""
+    import importlib
 
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
+
+
+def _on_signal(signum, _frame) -> None:
+    exc = Interrupted(signum)
+    _state["interrupted"] = exc  # typer turns a KeyboardInterrupt into a bare exit code 130: keep the exception
+    raise exc
+
+
+def _stopped(exc: BaseException) -> None:
+    signum = getattr(exc, "signum", signal.SIGINT)
+    notes = "".join(f"; {' '.join(str(n).split())}" for n in getattr(exc, "__notes__", []))
+    err.print(f"[bold red]stopped[/] by {signal.Signals(signum).name}{notes}", highlight=False, soft_wrap=True)
+    sys.exit(128 + signum)
+
+
+def main() -> None:
     debug = "--debug" in sys.argv
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background, where SIGINT is ignored
+        signal.signal(signum, _on_signal)
     try:
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _show_warning
-            app(standalone_mode=False)
+            code = app(standalone_mode=False)
+        if _state.get("interrupted") is not None:
+            _stopped(_state["interrupted"])
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except PrunekitError as exc:
         if debug:
             raise
         err.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err.print("aborted")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        _stopped(_state.get("interrupted") or exc)
     except Exception as exc:  # click usage errors and unexpected failures: one line, no traceback
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, _click_classes("Exit")):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if isinstance(exc, _click_classes("ClickException")):
+            ctx = getattr(exc, "ctx", None)
+            command = " ".join(ctx.command_path.split()[1:]) if ctx is not None else ""
+            hint = f" (see `prunekit {command + ' ' if command else ''}--help`)"
+            message = " ".join(exc.format_message().split())
+            err.print(f"[bold red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
+            sys.exit(2 if isinstance(exc, _click_classes("UsageError")) else exc.exit_code)
         if debug:
             raise
         if is_disk_full(exc):

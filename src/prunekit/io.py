@@ -11,12 +11,12 @@ used when its fingerprint still matches the one recorded when prunekit wrote it.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -28,11 +28,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from prunekit import __version__
-from prunekit.errors import PrunekitError, UsageError
+from prunekit.errors import DISK_FULL_FIX, PrunekitError, UsageError, is_disk_full  # noqa: F401 (re-exported)
 from prunekit.masks import sparsity_report
+from prunekit.rundir import MANIFEST, claim, remove_run
 from prunekit.structure import plain_loadable, rebuild, structure
 
-MANIFEST = "prunekit.json"
 WEIGHTS = "model.safetensors"
 MANIFEST_VERSION = 1
 Storage = Literal["auto", "dense"]
@@ -88,32 +88,26 @@ def task_head_of(model: nn.Module) -> str:
 
 
 @contextmanager
-def staged_dir(out_dir: str | Path, overwrite: bool = False):
-    """Yield a temporary sibling of `out_dir`; on success rename it into place, on failure remove it."""
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise UsageError(f"output directory '{out}' exists: choose another path or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException as exc:
+def staged_dir(out_dir: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()):
+    """Yield a temporary sibling of `out_dir`; on success rename it into place, on failure remove it. OUT is
+    claimed first (rundir.claim: only a prunekit run is replaced, one writer at a time, a killed writer's
+    leftovers removed)."""
+    with claim(out_dir, overwrite=overwrite, inputs=inputs) as out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(exc):
-            raise PrunekitError(f"no space left on the device while writing '{out}': {DISK_FULL_FIX}") from exc
-        raise
-
-
-DISK_FULL_FIX = "free disk space (or write somewhere else) and run again"
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        tmp.mkdir()
+        try:
+            yield tmp
+            remove_run(out)
+            os.replace(tmp, out)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, KeyboardInterrupt):
+                exc.add_note(f"nothing was written to '{out}'")
+            if is_disk_full(exc):
+                raise PrunekitError(f"no space left on the device while writing '{out}': {DISK_FULL_FIX}") from exc
+            raise
 
 
 def sha256_file(path: Path) -> str:
@@ -218,10 +212,18 @@ def write_model(
     fault_point("save")
     if weights.exists():
         manifest.weights_sha256 = sha256_file(weights)
+        _readable(weights)
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(manifest.model_dump_json(indent=2))
     os.replace(tmp, folder / MANIFEST)
     return manifest
+
+
+def _readable(path: Path) -> None:
+    """Weights written through a private temporary file (mode 0600) get the mode every other file of the run has."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def save(
@@ -231,12 +233,31 @@ def save(
     *,
     overwrite: bool = False,
     storage: Storage = "auto",
+    inputs: Iterable[str | Path | None] = (),
     **manifest_fields: Any,
 ) -> Path:
-    """Save a run directory atomically; refuses an existing directory unless `overwrite`."""
-    with staged_dir(out_dir, overwrite) as tmp:
+    """Save a run directory atomically; refuses an existing directory unless `overwrite` (and then replaces only a
+    prunekit run, never a folder holding one of `inputs`)."""
+    with staged_dir(out_dir, overwrite, inputs) as tmp:
         write_model(model, tmp, tokenizer, storage=storage, **manifest_fields)
     return Path(out_dir)
+
+
+def verify_weights(run_dir: str | Path, manifest: Manifest | None = None) -> Path:
+    """The run's weights file, present and with the checksum its manifest recorded: a report or a comparison of a
+    run whose weights are gone or damaged would describe a model that no longer exists."""
+    from prunekit.nm_storage import NM_WEIGHTS
+
+    run_dir = Path(run_dir)
+    manifest = manifest or read_manifest(run_dir)
+    weights = run_dir / (NM_WEIGHTS if manifest.weights_format == "nm" else WEIGHTS)
+    if not weights.exists():
+        raise UsageError(f"'{run_dir}' has no {weights.name}: the run did not finish; re-run it")
+    if manifest.weights_sha256 is not None and sha256_file(weights) != manifest.weights_sha256:
+        raise PrunekitError(
+            f"{weights} is corrupt or truncated (checksum differs from the manifest's); restore it or re-run the job"
+        )
+    return weights
 
 
 def read_manifest(run_dir: str | Path) -> Manifest:
@@ -327,16 +348,10 @@ def load(
     if block_sparse not in BLOCK_SPARSE_MODES:
         raise UsageError(f"block_sparse '{block_sparse}' is not one of {', '.join(BLOCK_SPARSE_MODES)}")
     run_dir = Path(run_dir)
-    from prunekit.nm_storage import NM_WEIGHTS, decompress_state, read_nm_file
+    from prunekit.nm_storage import decompress_state, read_nm_file
 
     manifest = read_manifest(run_dir)
-    weights = run_dir / (NM_WEIGHTS if manifest.weights_format == "nm" else WEIGHTS)
-    if not weights.exists():
-        raise UsageError(f"'{run_dir}' has no {weights.name}: the run did not finish; re-run it")
-    if manifest.weights_sha256 is not None and sha256_file(weights) != manifest.weights_sha256:
-        raise PrunekitError(
-            f"{weights} is corrupt or truncated (checksum differs from the manifest's); restore it or re-run the job"
-        )
+    weights = verify_weights(run_dir, manifest)
     try:
         state = decompress_state(*read_nm_file(weights)) if manifest.weights_format == "nm" else load_file(weights)
     except (SafetensorError, OSError, ValueError, KeyError) as exc:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,12 @@ from torch import nn
 
 from prunekit.errors import UsageError
 from prunekit.recipe import DataSpec, Recipe
-
-
-def partial_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial"
+from prunekit.rundir import claim, partial_dir, recipe_inputs, remove_run, remove_temp_files
 
 
 def _prepare_dirs(out: Path, recipe: Recipe, overwrite: bool, resume: bool) -> Path:
+    """The partial folder to build the run in (OUT's lock is held: no other writer)."""
     work = partial_dir(out)
-    if out.exists() and not overwrite:
-        raise UsageError(f"output directory '{out}' exists: choose another path or pass --overwrite")
     if resume:
         if not work.exists():
             raise UsageError(
@@ -45,6 +42,7 @@ def _prepare_dirs(out: Path, recipe: Recipe, overwrite: bool, resume: bool) -> P
             ) from exc
         if saved != recipe.model_dump(mode="json"):
             raise UsageError(f"the recipe differs from the interrupted run's ({work / 'recipe.json'}): resume with it")
+        remove_temp_files(work)  # half-written files of the save the kill interrupted
         return work
     if work.exists():
         if not overwrite:
@@ -80,6 +78,10 @@ def _cleanup_on_failure(work: Path, fresh: bool):
             shutil.rmtree(work, ignore_errors=True)
         elif work.exists():
             exc.add_note(f"the interrupted run is kept in {work}: fix the cause, then pass --resume")
+        raise
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (errors.Interrupted)
+        if work.exists():
+            exc.add_note(f"the partial run is kept in {work}: run the same command with --resume to continue it")
         raise
 
 
@@ -120,6 +122,10 @@ def _load_start(recipe: Recipe, task, num_labels: int | None):
         raise UsageError(
             f"'{recipe.model}' has no tokenizer files: copy the tokenizer of the model it came from into the folder"
         )
+    if task.model_head == "sequence-classification" and getattr(model.config, "problem_type", None) is None:
+        # transformers sets it at the first training forward: a run resumed after training would save without it
+        n = model.config.num_labels
+        model.config.problem_type = "single_label_classification" if n > 1 else "regression"
     return model.train(), tok, manifest
 
 
@@ -148,17 +154,20 @@ def run_recipe(
     resume: bool = False,
     progress: bool = True,
     log=print,
+    inputs: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
-    """Run a recipe into `out_dir`; returns the summary also written to the manifest."""
+    """Run a recipe into `out_dir`; returns the summary also written to the manifest. `inputs`: more paths the run
+    reads (the recipe file) that OUT may not hold."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     main = _is_main(recipe.train.device)
     method = recipe.create_method()
-    work = _prepare_dirs(out, recipe, overwrite, resume) if main else partial_dir(out)
     if not main:
-        return _stages(recipe, method, out, work, main, resume, progress, log, t0)
-    with _cleanup_on_failure(work, fresh=not resume):
-        return _stages(recipe, method, out, work, main, resume, progress, log, t0)
+        return _stages(recipe, method, out, partial_dir(out), main, resume, progress, log, t0)
+    with claim(out, overwrite=overwrite, inputs=[*recipe_inputs(recipe), *inputs]):
+        work = _prepare_dirs(out, recipe, overwrite, resume)
+        with _cleanup_on_failure(work, fresh=not resume):
+            return _stages(recipe, method, out, work, main, resume, progress, log, t0)
 
 
 def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: bool, progress: bool, log, t0: float):
@@ -276,8 +285,8 @@ def _finish(work: Path, out: Path, summary: dict) -> dict[str, Any]:
     _write_report(work, out.name)
     for sub in ("checkpoints", "best"):
         shutil.rmtree(work / sub, ignore_errors=True)
-    if out.exists():
-        shutil.rmtree(out)
+    remove_temp_files(work)
+    remove_run(out)
     work.replace(out)
     return summary | {"out_dir": str(out)}
 

@@ -27,6 +27,7 @@ from torch import nn
 from prunekit.errors import UsageError
 from prunekit.nas.config import SearchSpec
 from prunekit.recipe import Recipe
+from prunekit.rundir import check_target, check_writable, claim, partial_dir, recipe_inputs, remove_run
 
 ORDER = "order.json"
 PARETO = "pareto.json"
@@ -142,25 +143,26 @@ def run_search(
     overwrite: bool = False,
     progress: bool = True,
     log=print,
+    inputs: tuple[str | Path, ...] = (),
 ) -> dict[str, Any]:
-    """Both stages into `out_dir`; returns the summary also written to pareto.json."""
+    """Both stages into `out_dir`; returns the summary also written to pareto.json. `inputs`: more paths the search
+    reads (the recipe file) that OUT may not hold."""
     spec = _check(recipe)
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise UsageError(f"output directory '{out}' exists: choose another path or pass --overwrite")
-    work = out.parent / f".{out.name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        summary = _search(recipe, spec, work, progress, log)
-        for sub in ("checkpoints", "best"):  # the trainer's; the super-network itself is in supernet/
-            shutil.rmtree(work / sub, ignore_errors=True)
-    except BaseException:
+    with claim(out_dir, overwrite=overwrite, inputs=[*recipe_inputs(recipe), *inputs]) as out:
+        work = partial_dir(out)
         shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    work.replace(out)
+        work.mkdir(parents=True)
+        try:
+            summary = _search(recipe, spec, work, progress, log)
+            for sub in ("checkpoints", "best"):  # the trainer's; the super-network itself is in supernet/
+                shutil.rmtree(work / sub, ignore_errors=True)
+        except BaseException as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            if isinstance(exc, KeyboardInterrupt):
+                exc.add_note(f"the search's partial folder was removed and nothing written to '{out}': run it again")
+            raise
+        remove_run(out)
+        work.replace(out)
     return summary | {"out_dir": str(out)}
 
 
@@ -530,8 +532,8 @@ def extract(
         raise UsageError(
             f"'{src}' is not a search directory (no {PARETO} / supernet): give what `prunekit search` wrote"
         )
-    if Path(out_dir).exists() and not overwrite:
-        raise UsageError(f"output directory '{out_dir}' exists: choose another path or pass --overwrite")
+    check_writable(Path(out_dir))
+    check_target(Path(out_dir), overwrite=overwrite, inputs=[src])
     summary = json.loads((src / PARETO).read_text())
     points = summary["points"]
     if not 0 <= index < len(points):
@@ -577,6 +579,7 @@ def extract(
         out_dir,
         tok,
         overwrite=overwrite,
+        inputs=[src],
         source_model=manifest.source_model,
         source_fingerprint=manifest.source_fingerprint,
         method="nas",

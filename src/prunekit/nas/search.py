@@ -214,6 +214,7 @@ class FrontProgress:
     """A rich progress bar over the budget showing the current front size and hypervolume."""
 
     def __init__(self, budget: int, reference: tuple[float, ...], enabled: bool = True) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.reference = reference
@@ -225,6 +226,7 @@ class FrontProgress:
             TimeRemainingColumn(),
             TextColumn("{task.description}"),
             disable=not enabled,
+            console=Console(stderr=True),  # stdout is for results (`--json`)
         )
         self.task = self.progress.add_task("", total=budget)
 

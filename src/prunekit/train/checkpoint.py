@@ -39,16 +39,18 @@ def fault_point(kind: str) -> None:
     (no cleanup, no flush: like `kill -9`) the N-th time it reaches the fault point KIND. Points:
     `checkpoint` midway through writing a checkpoint (weights written, the rest not), `step` right after an
     optimizer step, `save` midway through writing a model folder (weights written, manifest not).
+    "KIND:N:INT" or "KIND:N:TERM" sends SIGINT / SIGTERM instead of SIGKILL.
     Used by tests/test_faults.py."""
     spec = os.environ.get("PRUNEKIT_FAULT_AT")
     if not spec:
         return
-    want, _, count = spec.partition(":")
+    want, _, rest = spec.partition(":")
+    count, _, sig = rest.partition(":")  # "KIND:N:INT" / "KIND:N:TERM" send that signal instead (Ctrl-C tests)
     if want != kind:
         return
     _FAULT_COUNTS[kind] = _FAULT_COUNTS.get(kind, 0) + 1
     if _FAULT_COUNTS[kind] == int(count or 1):
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'KILL'}", signal.SIGTERM))
 
 
 def rng_state() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -212,6 +213,10 @@ class Trainer:
         self.step, self.history, self.best = trainer["step"], trainer["history"], trainer["best"]
         self.train_s = trainer["train_s"]
         self._truncate_log()
+        if self.accelerator.is_main_process:  # stderr: stdout is for results (`--json`)
+            print(
+                f"{self.stage}: resuming at step {self.step} of {self.total_steps} ({found[0].name})", file=sys.stderr
+            )
         return True
 
     def _load_model_state(self, state: dict) -> None:
@@ -405,6 +410,7 @@ class Trainer:
         return TrainResult(model, self.history, self.best, self.step, round(self.train_s, 2))
 
     def _progress(self):
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(
@@ -415,6 +421,7 @@ class Trainer:
             TextColumn("{task.description}"),
             disable=not self.progress,
             transient=False,
+            console=Console(stderr=True),  # stdout is for results (`--json`)
         )
         return progress, progress.add_task("", total=self.total_steps, completed=self.step)
 
