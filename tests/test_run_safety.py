@@ -116,6 +116,10 @@ def test_interrupt_exits_non_zero_and_says_how_to_resume(tmp_path, setup, sig, c
     resumed = cli("prune", str(setup["recipe"]), "--out", str(out), "--no-progress", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (out / "prunekit.json").is_file()
+    assert "prune: resuming at step 2 of 12" in resumed.stderr  # the checkpoint before the stop (every 2 steps)
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem_type"] == "single_label_classification"  # a resumed run's config lacked it
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == (out / "config.json").stat().st_mode & 0o777
 
 
 def test_interrupt_of_a_background_process_is_not_ignored(tmp_path, setup):
