@@ -284,3 +284,38 @@ def test_help_answers_fast():
     proc = cli("prune", "--help")
     assert proc.returncode == 0 and "--overwrite" in proc.stdout
     assert time.perf_counter() - start < 2.0  # no torch / transformers import for --help
+
+
+# --- 10 / 11. data and recipe limits reach the run ------------------------------------------------------------
+
+
+def test_max_length_beyond_the_position_embeddings_is_refused_before_training(tmp_path, setup):
+    proc = cli("prune", str(setup["recipe"]), "--out", str(tmp_path / "r"), "--set", "train.max_length=100000")
+    assert proc.returncode == 2 and "max_length" in one_line_error(proc)
+    assert not (tmp_path / "r").exists() and not (tmp_path / ".r.partial").exists()
+
+
+def test_dropped_unlabeled_rows_are_counted_in_the_manifest(tmp_path, setup):
+    rows = setup["data"].read_text().splitlines()
+    for i in (5, 17, 40):  # three rows lose their label
+        rows[i] = rows[i].rsplit(",", 1)[0] + ","
+    data = tmp_path / "holes.csv"
+    data.write_text("\n".join(rows) + "\n")
+    args = (
+        "prune",
+        str(setup["recipe"]),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        "--set",
+        f"data.dataset={data}",
+    )
+    refused = cli(*args)
+    assert refused.returncode == 2 and "3 of 120 rows have no label" in one_line_error(refused)
+    proc = cli(*args, "--set", "data.drop_invalid=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "r" / "prunekit.json").read_text())
+    assert manifest["split"]["dropped_rows"] == 3 and sum(manifest["split"]["sizes"].values()) == 117
+    evaluated = cli("evaluate", str(tmp_path / "r"), "--json")  # re-makes the same split, dropping the same rows
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout)[0]["examples"] == manifest["split"]["sizes"]["test"]

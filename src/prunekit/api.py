@@ -271,6 +271,7 @@ def evaluate_run(
             validation_fraction=d.get("validation_fraction", 0.1),
             test_fraction=d.get("test_fraction", 0.1),
             max_examples=d.get("max_examples"),
+            drop_invalid=d.get("drop_invalid", False),
         )
         dataset, where = splits[split], split
     if len(dataset) == 0:

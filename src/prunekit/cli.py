@@ -35,6 +35,11 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
     if not debug:  # read when transformers is first imported (not here: `--help` answers without loading it)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:  # imported already (prunekit used as a library, then main()): tell it now
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
 
 
 def _print_rows(rows: list[dict], title: str, as_json: bool) -> None:

@@ -105,6 +105,15 @@ def _check_fits(method, model: nn.Module) -> None:
                 check_block(shape, p.block, name)
 
 
+def check_lengths(recipe: Recipe, model: nn.Module) -> None:
+    """The recipe's sequence lengths fit the model's position embeddings (before any training)."""
+    from prunekit.tasks.checks import check_max_length
+
+    check_max_length(model.config, recipe.train.max_length)
+    if recipe.finetune is not None:
+        check_max_length(model.config, recipe.finetune.max_length, key="finetune.max_length")
+
+
 def _load_start(recipe: Recipe, task, num_labels: int | None):
     """(model, tokenizer, manifest or None) for the recipe's model, with the task's head."""
     from prunekit.api import load_source
@@ -185,6 +194,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
     task = get_task(kind)
     model, tok, manifest = _load_start(recipe, task, task.num_labels(data))
     _check_fits(method, model)
+    check_lengths(recipe, model)
     timings: dict[str, float] = {}
     metrics: dict[str, Any] = {}
 
@@ -327,6 +337,7 @@ def load_splits(d: DataSpec):
             validation_fraction=d.validation_fraction,
             test_fraction=d.test_fraction,
             max_examples=max_examples,
+            drop_invalid=d.drop_invalid,
         )
 
     data, kind = load(d.max_examples)
@@ -351,7 +362,10 @@ def split_info(d: DataSpec, data) -> dict[str, Any]:
         )
     else:  # the fingerprint lets `prunekit evaluate` trust the recorded path (see io.recorded_path)
         split = {"file": d.dataset, "seed": d.seed, "fingerprint": fingerprint(d.dataset)}
-    return split | {"max_train_examples": d.max_train_examples, "sizes": {k: len(v) for k, v in data.items()}}
+    from prunekit.tasks.data import dropped_rows
+
+    sizes = {k: len(v) for k, v in data.items()}
+    return split | {"max_train_examples": d.max_train_examples, "sizes": sizes, "dropped_rows": dropped_rows(data)}
 
 
 def _cap_train(data, cap: int | None, seed: int):

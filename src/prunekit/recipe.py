@@ -58,6 +58,9 @@ class DataSpec(BaseModel):
     test_fraction: float = Field(0.1, ge=0, lt=1)
     max_examples: int | None = Field(None, ge=1)  # cap on each split (seeded, stratified)
     max_train_examples: int | None = Field(None, ge=1)  # cap on the training split only; above max_examples it wins
+    # drop rows of your own file that have no label (or, for text columns, no text) before splitting, instead of
+    # refusing the file; the number dropped is recorded in the run manifest (split.dropped_rows)
+    drop_invalid: bool = False
 
 
 class DistillSpec(BaseModel):
@@ -123,7 +126,13 @@ def _set(tree: dict, dotted: str, raw: str) -> None:
         if not isinstance(child, dict):
             raise UsageError(f"--set '{dotted}': '{k}' is a value, not a section")
         node = child
-    node[keys[-1]] = yaml_load(raw) if raw != "" else None
+    try:
+        node[keys[-1]] = yaml_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise UsageError(
+            f"--set '{dotted}={raw}': the value is not valid YAML at {_yaml_problem(exc)}; quote it, e.g. "
+            f"--set '{dotted}=\"...\"'"
+        ) from exc
 
 
 def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
@@ -145,14 +154,48 @@ def parse_recipe(tree: dict, source: str = "recipe") -> Recipe:
     return recipe
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where (1-based line and column) and what a YAML error is, as one line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = ": ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+    what = what or str(exc).splitlines()[0]
+    if mark is None:
+        return what
+    start = getattr(exc, "context_mark", None)
+    if start is not None and start.line != mark.line:  # e.g. the unclosed bracket's line
+        what += f" (it starts at line {start.line + 1}, column {start.column + 1})"
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"recipe '{path}' not found: give a YAML file (see examples/)")
     try:
-        tree = yaml_load(p.read_text()) or {}
+        tree = yaml_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise UsageError(f"recipe '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise UsageError(f"recipe '{path}' is not valid YAML at {_yaml_problem(exc)}") from exc
+    if tree is None or tree == {}:  # an empty file, only comments, `null` or `{}`: not the default job
+        demo = Path(__file__).parent / "recipes" / "demo.yaml"
+        raise UsageError(
+            f"recipe '{path}' is empty: give at least its model, data and method sections; start from a recipe in "
+            f"examples/ or from the one `prunekit demo` runs ({demo})"
+        )
     if not isinstance(tree, dict):
-        raise UsageError(f"recipe '{path}' must be a mapping of sections (model, data, train, method, ...)")
+        raise UsageError(
+            f"recipe '{path}' must be a mapping of sections (model, data, train, method, ...), not a "
+            f"{_kind(tree)}: write one 'section: value' per line (see examples/)"
+        )
     return parse_recipe(apply_overrides(tree, overrides), source=str(path))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "single string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__

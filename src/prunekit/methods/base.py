@@ -126,8 +126,35 @@ def create_method(name: str, config: dict | None = None) -> Method:
         raise UsageError(f"method '{name}': {explain(exc)}") from exc
 
 
+PATTERN_KEYS = ("pattern", "patterns")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numeric_pattern(exc: ValidationError) -> str | None:
+    """The one-line explanation when a pattern field got a number: YAML reads an unquoted 0x32 as 50, 24 as 24."""
+    for err in exc.errors():
+        keys = [x for x in err["loc"] if isinstance(x, str)]
+        key = next((k for k in reversed(keys) if k in PATTERN_KEYS), None)
+        if key is None:
+            continue
+        value = err.get("input")
+        numbers = [v for v in (value if isinstance(value, list) else [value]) if _is_number(v)]
+        if numbers:
+            where = ".".join(keys[: keys.index(key) + 1])
+            return (
+                f"'{where}' got the number {numbers[0]!r}: YAML read the unquoted value as a number (0x32 is hex 50, "
+                f'1e3 is 1000.0); a pattern is a string, so quote it, e.g. {key}: "2:4"'
+            )
+    return None
+
+
 def explain(exc: ValidationError) -> str:
     """A pydantic error as one line: where, and what is wrong."""
+    if (numeric := _numeric_pattern(exc)) is not None:
+        return numeric
     first = exc.errors()[0]
     where = ".".join(str(x) for x in first["loc"]) or "value"
     if first["type"] == "extra_forbidden":

@@ -170,7 +170,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
     """(dense model, trained super-network in importance order with the method attached, order, tokenizer)."""
     from prunekit.io import write_model
     from prunekit.nas.reorder import UnitOrder, importance, order_from_scores, permute, unpermute
-    from prunekit.pipeline import _load_start, _task_info, _teacher, source_fingerprint, split_info
+    from prunekit.pipeline import _load_start, _task_info, _teacher, check_lengths, source_fingerprint, split_info
     from prunekit.topology import describe
     from prunekit.train.loop import train
 
@@ -178,6 +178,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
     if spec.supernet is not None:
         return _reuse(_supernet_home(Path(spec.supernet)), recipe, method)
     model, tok, manifest = _load_start(recipe, task, task.num_labels(data))
+    check_lengths(recipe, model)
     timings: dict[str, float] = {}
     if recipe.finetune is not None and recipe.finetune.epochs > 0:
         res = train(model, tok, task, data, config=recipe.finetune, work_dir=work, progress=progress, stage="finetune")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from prunekit.catalog import datasets as catalog
 from prunekit.errors import UsageError
+from prunekit.tasks.checks import check_classes, check_eval_rows, check_split_sizes
 from prunekit.tasks.files import SPLIT_NAMES, Columns, read_parts
 
 if TYPE_CHECKING:
@@ -78,7 +80,8 @@ def _resolve_task(task: str | None, existing: list[str], columns: Mapping[str, s
         if user not in existing:
             raise UsageError(
                 f"{where}: task '{task}' needs a '{c}' column but there is no column '{user}'; its columns are "
-                f"{', '.join(existing)} (map one with columns {{'{c}': NAME}}, e.g. --columns {c}=NAME)"
+                f"{', '.join(existing)} (map one: in a recipe data.columns: {{{c}: NAME}}, on the command line "
+                f"--column {c}=NAME)"
             )
     return task
 
@@ -102,15 +105,27 @@ def _int_like(v: Any) -> bool:
     return isinstance(v, str) and v.strip().lstrip("-").isdigit()
 
 
+def _missing(value: Any, *, blank: bool) -> bool:
+    """No value: None or NaN; with `blank` also an empty or blank string (a CSV's empty cell)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return blank and isinstance(value, str) and not value.strip()
+
+
+DROP_FIX = "fix them or set data.drop_invalid: true to drop them (--set data.drop_invalid=true)"
+
+
 def label_ids(values: list, names: Sequence[str] | None, where: str) -> tuple[list[int], list[str]]:
     """Labels as class ids plus the class names.
 
     With `names` (a ClassLabel, or a model's classes) names map to their index and ids pass through; otherwise
     integer labels are kept as ids (names "0".."max") and string labels become ids of their sorted unique names.
     """
-    for i, v in enumerate(values):
-        if v is None or v == "":
-            raise UsageError(f"{where}: row {i + 1} has no label")
+    missing = [i for i, v in enumerate(values) if _missing(v, blank=True)]
+    if missing:
+        raise UsageError(
+            f"{where}: {len(missing):,} of {len(values):,} rows have no label (first: row {missing[0] + 1}): {DROP_FIX}"
+        )
     if names:
         names = list(names)
         index = {n: k for k, n in enumerate(names)}
@@ -243,19 +258,84 @@ def split_indices(
 # --- public ----------------------------------------------------------------------------------------------------
 
 
+def invalid_rows(raw: Columns, task: str, columns: Mapping[str, str]) -> dict[str, list[int]]:
+    """What is missing -> the rows (0-based) that miss it: the label (None, NaN, blank) and the task's texts (None,
+    NaN; blank too except for causal-lm, whose corpora hold empty lines, e.g. wikitext's paragraph breaks)."""
+    out: dict[str, list[int]] = {}
+    for c in sorted(REQUIRED[task], key=lambda c: c != "label"):  # the label first
+        name = _user_name(c, columns)
+        if c == "answers" or name not in raw:
+            continue
+        label = c == "label"
+        rows = [i for i, v in enumerate(raw[name]) if _missing(v, blank=label or task != "causal-lm")]
+        if rows:
+            what = ("label" if name == "label" else f"label (column '{name}')") if label else f"text in column '{name}'"
+            out[what] = rows
+    return out
+
+
+def _drop_invalid(
+    parts: dict[str | None, Columns], task: str, columns: Mapping[str, str], where: str, drop: bool, fix: str
+) -> tuple[dict[str | None, Columns], int]:
+    """The parts without rows that miss a label or text, and how many were dropped; without `drop` such rows are
+    an error that counts them: "FILE: 1,830 of 40,000 rows have no label (first: row 113): FIX"."""
+    found = {split: invalid_rows(raw, task, columns) for split, raw in parts.items()}
+    if not any(found.values()):
+        return parts, 0
+    total = sum(len(next(iter(raw.values()), [])) for raw in parts.values())
+    bad = {split: sorted({i for rows in f.values() for i in rows}) for split, f in found.items()}
+    dropped = sum(len(rows) for rows in bad.values())
+    what: dict[str, tuple[int, str]] = {}  # missing -> (count, first row)
+    for split, f in found.items():
+        for miss, rows in f.items():
+            row = f"row {rows[0] + 1}" if split is None else f"[{split}] row {rows[0] + 1}"
+            count, first = what.get(miss, (0, row))
+            what[miss] = (count + len(rows), first)
+    said = " and ".join(
+        f"{count:,}{f' of {total:,} rows' if k == 0 else ''} {'have' if k == 0 or count != 1 else 'has'} no {miss} "
+        f"(first: {first})"
+        for k, (miss, (count, first)) in enumerate(what.items())
+    )
+    if not drop:
+        raise UsageError(f"{where}: {said}: {fix}")
+    if dropped == total:
+        raise UsageError(f"{where}: {said}, so data.drop_invalid leaves no rows: fix the file")
+    kept = {}
+    for split, raw in parts.items():
+        drop_rows = set(bad[split])
+        kept[split] = {c: [v for i, v in enumerate(vals) if i not in drop_rows] for c, vals in raw.items()}
+    return kept, dropped
+
+
 def _canonical_parts(
-    path: str | Path, task: str | None, columns: Mapping[str, str] | None, label_names: Sequence[str] | None
-) -> tuple[dict[str | None, Columns], str, list[str]]:
-    """(canonical columns by split, task, class names) of a user file; labels mapped consistently over all splits."""
+    path: str | Path,
+    task: str | None,
+    columns: Mapping[str, str] | None,
+    label_names: Sequence[str] | None,
+    *,
+    drop_invalid: bool = False,
+    fix: str = DROP_FIX,
+) -> tuple[dict[str | None, Columns], str, list[str], int]:
+    """(canonical columns by split, task, class names, rows dropped) of a user file; labels mapped consistently
+    over all splits. Rows without a label or text are an error unless `drop_invalid` (then they are dropped)."""
     parts, declared = read_parts(path)
     columns = dict(columns or {})
     where = str(path)
+    for split, raw in parts.items():
+        if not raw:  # no records, so no columns either: a JSON [] or an empty split
+            raise UsageError(
+                f"{where} has no rows"
+                if split is None
+                else f"{where}: its '{split}' split has no rows: add rows to it or leave the split out"
+            )
     first = next(iter(parts.values()), {})
     task = _resolve_task(task, list(first), columns, where)
+    for split, raw in parts.items():
+        _resolve_task(task, list(raw), columns, where if split is None else f"{where} [{split}]")
+    parts, dropped = _drop_invalid(parts, task, columns, where, drop_invalid, fix)
     out: dict[str | None, Columns] = {}
     for split, raw in parts.items():
         sub = where if split is None else f"{where} [{split}]"
-        _resolve_task(task, list(raw), columns, sub)
         out[split] = canonical_columns(raw, task, columns, sub)
     names: list[str] = []
     if "label" in REQUIRED[task]:
@@ -266,7 +346,13 @@ def _canonical_parts(
         for cols in out.values():
             cols["label"] = ids[start : start + len(cols["label"])]
             start += len(cols["label"])
-    return out, task, names
+    return out, task, names, dropped
+
+
+def dropped_rows(data: Any) -> int:
+    """How many rows `load_data(..., drop_invalid=True)` dropped from a user file (0: none, or a named dataset):
+    for the run manifest's split record."""
+    return int(getattr(data, "dropped_rows", 0) or 0)
 
 
 def load_user_data(
@@ -278,12 +364,17 @@ def load_user_data(
     validation_fraction: float = 0.1,
     test_fraction: float = 0.1,
     max_examples: int | None = None,
+    drop_invalid: bool = False,
 ) -> tuple[datasets.DatasetDict, str]:
-    """A user file/folder as canonical train/validation/test splits, and its task (see `load_data`)."""
+    """A user file/folder as canonical train/validation/test splits, and its task (see `load_data`).
+
+    Refused (prunekit.tasks.checks): rows without a label or text unless `drop_invalid`, an empty split the run
+    uses, and classification training data with fewer than 2 classes.
+    """
     from datasets import DatasetDict
 
     catalog._check_args(seed, validation_fraction, test_fraction, max_examples)
-    parts, task, names = _canonical_parts(path, task, columns, None)
+    parts, task, names, dropped = _canonical_parts(path, task, columns, None, drop_invalid=drop_invalid)
     features = _features(task, names)
     key = REQUIRED[task][0]
     if not any(len(cols[key]) for cols in parts.values()):
@@ -317,13 +408,26 @@ def load_user_data(
     # splits the data brings are kept whole; missing validation/test are carved out of train
     by_split = {s: (source, idx) for s, idx in carved.items() if s == "train" or s in missing}
     by_split.update({s: (cols, list(range(len(cols[key])))) for s, cols in named.items()})
+    check_split_sizes(
+        {s: len(idx) for s, (_, idx) in by_split.items()},
+        rows=len(source[key]),
+        fractions={"validation": validation_fraction, "test": test_fraction},
+        carved=missing,
+        where=str(path),
+    )
     if max_examples is not None:  # each split capped, seeded and stratified, as for named datasets
         by_split = {
             s: (cols, catalog._take(idx, max_examples, cols.get("label"), seed)[1] if len(idx) > max_examples else idx)
             for s, (cols, idx) in by_split.items()
         }
+    if "label" in REQUIRED[task]:
+        cols, idx = by_split["train"]
+        every = [k for c in parts.values() for k in c["label"]]
+        check_classes([cols["label"][i] for i in idx], names, where=str(path), all_labels=every)
     order = [s for s in catalog.SPLITS if s in by_split] + [s for s in by_split if s not in catalog.SPLITS]
-    return DatasetDict({s: _dataset(*by_split[s], features=features, split=s) for s in order}), task
+    data = DatasetDict({s: _dataset(*by_split[s], features=features, split=s) for s in order})
+    data.dropped_rows = dropped  # read with dropped_rows(data), for the manifest
+    return data, task
 
 
 def load_data(
@@ -336,6 +440,7 @@ def load_data(
     validation_fraction: float = 0.1,
     test_fraction: float = 0.1,
     max_examples: int | None = None,
+    drop_invalid: bool = False,
 ) -> tuple[datasets.DatasetDict, str]:
     """(train/validation/test DatasetDict in canonical columns, task kind) of a named dataset or a user file.
 
@@ -344,6 +449,10 @@ def load_data(
     of their sorted unique names (a ClassLabel). Data without splits gets seeded train/validation/test splits
     (stratified by label; QA grouped by context); data with splits keeps them (a train split is required) and
     gets any missing validation/test carved from train.
+
+    A user file's rows without a label (or text) are an error naming how many there are, unless `drop_invalid`:
+    then they are dropped before splitting and `dropped_rows(data)` says how many. Degenerate data is refused
+    (see prunekit.tasks.checks for the thresholds): an empty split the run uses, or one class to train on.
     """
     name = str(source)
     if name in catalog.DATASETS and not Path(name).expanduser().exists():
@@ -373,6 +482,7 @@ def load_data(
         validation_fraction=validation_fraction,
         test_fraction=test_fraction,
         max_examples=max_examples,
+        drop_invalid=drop_invalid,
     )
 
 
@@ -382,14 +492,18 @@ def evaluation_data(
     task: str | None,
     columns: Mapping[str, str] | None = None,
     label_names: Sequence[str] | None = None,
+    drop_invalid: bool = False,
 ) -> datasets.Dataset:
     """One user file, whole and unsplit, in canonical columns (for `prunekit evaluate --data FILE`).
 
     Pass `label_names` (the model's classes, in id order) when the file spells labels as names, so that they
     get the model's ids rather than ids of this file's own sorted names. A folder with splits gives its test
-    split, else its validation split.
+    split, else its validation split. Rows without a label or text are an error unless `drop_invalid`; a file
+    without rows is an error (its metrics would be NaN).
     """
-    parts, task, names = _canonical_parts(path, task, columns, label_names)
+    parts, task, names, _ = _canonical_parts(
+        path, task, columns, label_names, drop_invalid=drop_invalid, fix="fix them or remove those rows"
+    )
     if len(parts) == 1:
         cols = next(iter(parts.values()))
     else:
@@ -400,4 +514,5 @@ def evaluation_data(
                 break
         else:
             raise UsageError(f"{path} has splits {', '.join(map(str, parts))} but no test or validation split")
+    check_eval_rows(len(cols[REQUIRED[task][0]]), str(path))
     return _dataset(cols, None, features=_features(task, names))
