@@ -319,3 +319,16 @@ def test_dropped_unlabeled_rows_are_counted_in_the_manifest(tmp_path, setup):
     evaluated = cli("evaluate", str(tmp_path / "r"), "--json")  # re-makes the same split, dropping the same rows
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(evaluated.stdout)[0]["examples"] == manifest["split"]["sizes"]["test"]
+
+
+def test_a_resumed_run_keeps_the_time_its_dense_stage_took(tmp_path, setup):
+    recipe = tmp_path / "ft.yaml"
+    text = setup["recipe"].read_text()
+    recipe.write_text(text + "finetune: {epochs: 1, batch_size: 16, lr: 1.0e-2, max_length: 16, checkpoint_every: 2}\n")
+    out = tmp_path / "r"
+    killed = cli("prune", str(recipe), "--out", str(out), "--no-progress", env=dict(ENV, PRUNEKIT_FAULT_AT="step:9"))
+    assert killed.returncode != 0 and (tmp_path / ".r.partial" / "dense" / "prunekit.json").is_file()
+    resumed = cli("prune", str(recipe), "--out", str(out), "--no-progress", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    timings = json.loads((out / "prunekit.json").read_text())["timings"]
+    assert timings["finetune_s"] > 0 and timings["prune_s"] > 0

@@ -201,9 +201,12 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
     dense_dir = work / "dense"
     if recipe.finetune is not None and recipe.finetune.epochs > 0:
         if resume and (dense_dir / "prunekit.json").exists():
-            from prunekit.io import load
+            from prunekit.io import load, read_manifest
 
             model = load(dense_dir, block_sparse="never").train()
+            done = read_manifest(dense_dir).timings.get("finetune_s")
+            if done is not None:  # the resumed run reports the whole run's time, not only what followed the kill
+                timings["finetune_s"] = done
             log(f"dense fine-tune: reusing {dense_dir}")
         else:
             res = train(model, tok, task, data, config=recipe.finetune, work_dir=work, resume=resume,
@@ -220,6 +223,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
                     source_fingerprint=source_fingerprint(recipe.model),
                     method="dense",
                     task=_task_info(task, d, data),
+                    timings={"finetune_s": res.train_s},
                 )
     dense_reference = copy.deepcopy(model).eval() if main else None
     if main:

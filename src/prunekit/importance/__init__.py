@@ -1,0 +1,21 @@
+"""Importance of the structural units a topology defines (attention heads, FFN neurons), and which to keep.
+
+One signature for every criterion: `unit_scores(model, criterion, batches)` gives a score per query head and per
+FFN neuron of every layer (higher = more important), from the weights alone (`magnitude`) or measured on
+calibration batches (`taylor`, `fisher`, `activation`). `unit_masks` turns scores into the masks compaction
+removes (per layer or one global ranking, a minimum per layer, grouped-query attention kept uniform per KV group).
+Methods and NAS's importance reordering score through here.
+"""
+
+from prunekit.importance.scores import CRITERIA, DATA_CRITERIA, UnitScores, unit_scores
+from prunekit.importance.select import keep_counts, select_heads, unit_masks
+
+__all__ = [
+    "CRITERIA",
+    "DATA_CRITERIA",
+    "UnitScores",
+    "keep_counts",
+    "select_heads",
+    "unit_masks",
+    "unit_scores",
+]
