@@ -72,7 +72,8 @@ def methods(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         cls = REGISTRY[name]
         doc = [" ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())]
         fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.config_class.model_fields.items())
-        rows.append({"name": name, "description": doc[0] if doc else "", "config": fields or "-"})
+        baseline = "yes" if cls.is_baseline else "no"
+        rows.append({"name": name, "baseline": baseline, "description": doc[0] if doc else "", "config": fields or "-"})
     _print_rows(rows, "prunekit methods", as_json)
 
 

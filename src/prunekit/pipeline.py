@@ -85,26 +85,6 @@ def _cleanup_on_failure(work: Path, fresh: bool):
         raise
 
 
-def _check_fits(method, model: nn.Module) -> None:
-    """Fine-grained patterns must fit every prunable matrix: say so before training, not after it."""
-    from prunekit.patterns import check_block, nm_mask, parse_pattern
-    from prunekit.topology import describe, get_module, linear_shape
-
-    raw = getattr(method.config, "pattern", None)
-    names = [raw] if isinstance(raw, str) else list(raw or [])
-    patterns = [parse_pattern(p) for p in names if isinstance(p, str)]
-    if not any(p.kind in ("nm", "block") for p in patterns):
-        return
-    pad_tail = bool(getattr(method.config, "pad_tail", False))
-    for name in describe(model).prunable_linears():
-        shape = linear_shape(get_module(model, name))
-        for p in patterns:
-            if p.kind == "nm":
-                nm_mask(torch.zeros(1, shape[1]), p.n, p.m, pad_tail)
-            elif p.kind == "block":
-                check_block(shape, p.block, name)
-
-
 def check_lengths(recipe: Recipe, model: nn.Module) -> None:
     """The recipe's sequence lengths fit the model's position embeddings (before any training)."""
     from prunekit.tasks.checks import check_max_length
@@ -193,7 +173,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
     data, kind = load_splits(d)
     task = get_task(kind)
     model, tok, manifest = _load_start(recipe, task, task.num_labels(data))
-    _check_fits(method, model)
+    method.check_model(model)
     check_lengths(recipe, model)
     timings: dict[str, float] = {}
     metrics: dict[str, Any] = {}
@@ -241,7 +221,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
                 distill=distill, resume=resume, progress=progress, stage="prune")  # fmt: skip
     timings["prune_s"] = res.train_s
     history = list(res.history)
-    while (nxt := getattr(method, "next_stage", lambda _: None)(res.model)) is not None:  # multi-stage methods
+    while (nxt := method.next_stage(res.model)) is not None:  # multi-stage methods
         teacher = nxt.teacher if distill else None
         res = train(res.model, tok, task, data, method=method, config=recipe.train, work_dir=work, resume=resume,
                     teacher=teacher, distill=distill, progress=progress, stage=nxt.stage)  # fmt: skip
@@ -251,8 +231,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
     model = res.model
     masks = method.finalize(model)
     mask_report = sparsity_report(model, masks)  # after finalize: includes a method's final cut
-    if hasattr(method, "save_plots"):
-        method.save_plots(work / "plots")
+    method.save_plots(work / "plots")
     check_keeps_attention(model, masks)
     with torch.no_grad():
         if masks is not None:
@@ -288,7 +267,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
         bench=summary.get("bench"),
         history=history,
         dense_structure=dense_structure,
-        method_report=_method_report(method),
+        method_report=method.report(),
     )
     return _finish(work, out, summary | {"timings": timings})
 
@@ -314,12 +293,6 @@ def _written(work: Path) -> dict[str, Any] | None:
         return None
     m = read_manifest(work)
     return {"sparsity": m.sparsity, "metrics": m.metrics, "bench": getattr(m, "bench", None), "timings": m.timings}
-
-
-def _method_report(method) -> dict[str, Any] | None:
-    """What a method reports about its own result (NeuroPrune's degree statistics, MLPruning's steps and packing)."""
-    parts = {k: getattr(method, k, None) for k in ("final_report", "info", "pack_report")}
-    return {k: v for k, v in parts.items() if v} or None
 
 
 def load_splits(d: DataSpec):

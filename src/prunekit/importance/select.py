@@ -47,20 +47,21 @@ def unit_masks(
     topo: Topology,
     scores: UnitScores,
     *,
-    heads: float = 0.0,
-    neurons: float = 0.0,
+    heads: float | None = None,
+    neurons: float | None = None,
     scope: str = "layer",
     min_heads: int = 1,
     min_neurons: int = 1,
 ) -> MaskSet:
-    """Masks removing the fraction `heads` of query heads and `neurons` of FFN neurons with the lowest scores."""
+    """Masks removing the fraction `heads` of query heads and `neurons` of FFN neurons with the lowest scores
+    (None: that kind is not masked; 0: masked, all kept)."""
     masks = MaskSet()
-    if heads > 0:
+    if heads is not None:
         layers = [b for b in topo.blocks if b.index in scores.heads]
         counts = keep_counts([scores.heads[b.index] for b in layers], heads, scope, min_heads)
         for b, k in zip(layers, counts, strict=True):
             masks.layer(b.index).heads = select_heads(scores.heads[b.index], k, b.attention.num_kv_heads)
-    if neurons > 0:
+    if neurons is not None:
         layers = [b for b in topo.blocks if b.index in scores.neurons]
         counts = keep_counts([scores.neurons[b.index] for b in layers], neurons, scope, min_neurons)
         for b, k in zip(layers, counts, strict=True):

@@ -1,12 +1,21 @@
-"""The method protocol the trainer drives (see ARCHITECTURE.md, "Method protocol").
+"""The method protocol the trainer and the pipeline drive (see ARCHITECTURE.md, "Method protocol").
 
-A method decides masks; the trainer owns the loop. Every hook is optional: the base class does
-nothing, so a method overrides only what it needs. Methods are registered by name so recipes,
-the CLI and the Hugging Face integration find them the same way.
+A method decides masks; the trainer owns the loop. Every hook and capability is declared here with a no-op
+default, so a method overrides only what it needs and no caller probes for attributes. Methods are registered by
+name so recipes, the CLI, `prunekit compare` and the Hugging Face integration find them the same way; every module
+and folder under `prunekit/methods/` is imported to register (also a `prunekit/methods/<name>/` folder on another
+sys.path entry: a method of your own is one folder, nothing else to edit).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import pkgutil
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -15,13 +24,22 @@ from torch import nn
 
 from prunekit.errors import UsageError
 from prunekit.masks import MaskSet, zero_masked
-from prunekit.topology import Topology
+from prunekit.patterns import check_block, nm_mask, parse_pattern
+from prunekit.topology import Topology, describe, get_module, linear_shape
 
 
 class MethodConfig(BaseModel):
     """Base of every method's recipe section; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class NextStage:
+    """A further training stage of a multi-stage method: its name and its distillation teacher."""
+
+    stage: str
+    teacher: nn.Module
 
 
 class Method:
@@ -36,12 +54,23 @@ class Method:
     masks()                        the current masks (None: nothing masked)
     finalize(model)                the masks to compact at the end (weights already final)
     state_dict / load_state_dict   method state, part of every checkpoint
+    selectable(step, total)        whether a checkpoint at `step` may be kept as the best (masks final by then)
+
+    and as the pipeline calls it:
+
+    check_model(model)             refuse a model the method cannot prune, before any training
+    calibrate(model, batches)      one-shot methods: measure what they need on calibration batches
+    next_stage(model)              multi-stage methods: the next stage to train (None: done)
+    save_plots(directory)          the method's own figures, beside the run's
+    report()                       the method's own results for the manifest (`method_report`)
     """
 
     name: ClassVar[str] = "base"
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     # a method that learns masks wants the model fine-tuned first (dense teacher / starting point)
     needs_finetuned: ClassVar[bool] = False
+    # a reference point (dense, magnitude, movement, L1, ASP) rather than one of the methods prunekit implements
+    is_baseline: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | dict | None = None) -> None:
         if config is None:
@@ -78,6 +107,24 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def selectable(self, step: int, total_steps: int) -> bool:
+        return True
+
+    def check_model(self, model: nn.Module) -> None:
+        pass
+
+    def calibrate(self, model: nn.Module, batches: Iterable[dict]) -> None:
+        pass
+
+    def next_stage(self, model: nn.Module) -> NextStage | None:
+        return None
+
+    def save_plots(self, directory: str | Path) -> list[Path]:
+        return []
+
+    def report(self) -> dict[str, Any] | None:
+        return None
+
     def enforce_masks(self, model: nn.Module) -> None:
         """Keep masked weights exactly zero (called after every optimizer step)."""
         masks = self.masks()
@@ -89,6 +136,7 @@ class Dense(Method):
     """Plain fine-tuning: no pruning."""
 
     name = "dense"
+    is_baseline = True
 
 
 REGISTRY: dict[str, type[Method]] = {"dense": Dense}
@@ -99,16 +147,52 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def _load_builtin() -> None:
-    """Import the method modules so their @register lines run (lazy: keeps `import prunekit` light)."""
-    import importlib
+_LOADED: set[str] = set()
 
-    for module in ("gradual", "movement", "l1", "neuroprune", "nxm", "mlpruning", "nas"):
-        try:
-            importlib.import_module(f"prunekit.methods.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"prunekit.methods.{module}":
-                raise
+
+def _load_builtin() -> None:
+    """Import every module and folder under prunekit.methods so their @register lines run (on first use: keeps
+    `import prunekit` light). A `prunekit/methods/<name>/` folder under any sys.path entry (a method of your own,
+    e.g. on PYTHONPATH) registers too; the installed modules come first."""
+    import prunekit.methods as package
+
+    for entry in sys.path:  # `prunekit/methods/` folders elsewhere on the path: methods of one's own
+        folder = os.path.join(entry, "prunekit", "methods") if isinstance(entry, str) else ""
+        if folder and os.path.isdir(folder) and not any(os.path.samefile(folder, p) for p in package.__path__):
+            package.__path__.append(folder)
+    for info in pkgutil.iter_modules(package.__path__, prefix=f"{package.__name__}."):
+        if info.name in _LOADED or info.name == __name__:
+            continue
+        _LOADED.add(info.name)
+        importlib.import_module(info.name)
+
+
+def method_class(name: str) -> type[Method] | None:
+    """The registered class of a method name (None for a name no installed method has)."""
+    _load_builtin()
+    return REGISTRY.get(name)
+
+
+def is_baseline(name: str) -> bool:
+    """Whether a run's method is a baseline; an unknown name (a run made with a method not installed here)
+    counts as a method."""
+    cls = method_class(name)
+    return cls is not None and cls.is_baseline
+
+
+def check_patterns_fit(model: nn.Module, patterns: str | list | None, pad_tail: bool = False) -> None:
+    """Fine-grained patterns (N:M, B x B blocks) must fit every prunable matrix: said before training, not after."""
+    names = [patterns] if isinstance(patterns, str) else list(patterns or [])
+    parsed = [parse_pattern(p) for p in names if isinstance(p, str)]
+    if not any(p.kind in ("nm", "block") for p in parsed):
+        return
+    for name in describe(model).prunable_linears():
+        shape = linear_shape(get_module(model, name))
+        for p in parsed:
+            if p.kind == "nm":
+                nm_mask(torch.zeros(1, shape[1]), p.n, p.m, pad_tail)
+            elif p.kind == "block":
+                check_block(shape, p.block, name)
 
 
 def method_names() -> list[str]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from prunekit.errors import UsageError
 from prunekit.masks import LayerMask, MaskSet, element_masks, merge, zero_masked
-from prunekit.methods.base import Method, MethodConfig, register
+from prunekit.methods.base import Method, MethodConfig, check_patterns_fit, register
 from prunekit.methods.magnitude import MagnitudeConfig, check_scope, magnitude_masks
 from prunekit.patterns import check_sparsity, parse_pattern
 from prunekit.topology import Topology, get_module, weight_view
@@ -180,6 +180,7 @@ class GradualMagnitude(Method):
 
     name = "magnitude"
     config_class = GradualMagnitudeConfig
+    is_baseline = True
     config: GradualMagnitudeConfig
 
     def __init__(self, config: GradualMagnitudeConfig | dict | None = None) -> None:
@@ -190,6 +191,12 @@ class GradualMagnitude(Method):
         self._masks: dict[str, MaskSet] = {}
         self._merged: MaskSet | None = None
         self._pruned: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def selectable(self, step: int, total_steps: int) -> bool:
+        return step >= self.config.end * total_steps  # masks final from `end` on
+
+    def check_model(self, model: nn.Module) -> None:
+        check_patterns_fit(model, self.config.pattern, self.config.pad_tail)
 
     def attach(self, model: nn.Module, topo: Topology) -> None:
         super().attach(model, topo)

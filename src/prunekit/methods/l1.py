@@ -47,6 +47,11 @@ class L1(Method):
 
     name = "l1"
     config_class = L1Config
+    is_baseline = True
+
+    def selectable(self, step: int, total_steps: int) -> bool:
+        return step >= self.config.end * total_steps  # masks final from `end` on
+
     config: L1Config
 
     def __init__(self, config: L1Config | dict | None = None) -> None:

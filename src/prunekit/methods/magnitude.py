@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from prunekit.errors import UsageError
+from prunekit.importance import UnitScores, keep_counts, unit_masks
+from prunekit.importance.scores import magnitude_head_scores, magnitude_neuron_scores
 from prunekit.masks import MaskSet
 from prunekit.patterns import (
     block_scores,
@@ -55,42 +57,6 @@ class MagnitudeConfig(BaseModel):
     _scope = field_validator("scope")(check_scope)
 
 
-def _head_scores(model: nn.Module, topo: Topology) -> list[torch.Tensor]:
-    scores = []
-    for b in topo.blocks:
-        a = b.attention
-        if a is None or a.num_heads == 0:
-            scores.append(torch.zeros(0))
-            continue
-        dh = a.head_dim
-        q = weight_view(get_module(model, a.q)).detach()
-        o = weight_view(get_module(model, a.o)).detach()
-        qs = q[: a.num_heads * dh].reshape(a.num_heads, dh, -1).pow(2).sum((1, 2))
-        os_ = o.reshape(o.shape[0], a.num_heads, dh).pow(2).sum((0, 2))
-        if a.fused_qkv:
-            kv = q[a.num_heads * dh :].reshape(2, a.num_kv_heads, dh, -1).pow(2).sum((0, 2, 3))
-        else:
-            k = weight_view(get_module(model, a.k)).detach().reshape(a.num_kv_heads, dh, -1)
-            v = weight_view(get_module(model, a.v)).detach().reshape(a.num_kv_heads, dh, -1)
-            kv = k.pow(2).sum((1, 2)) + v.pow(2).sum((1, 2))
-        # a KV head's weights are shared by its group: split them evenly over the group's query heads
-        scores.append((qs + os_ + kv.repeat_interleave(a.group_size) / a.group_size).sqrt())
-    return scores
-
-
-def _neuron_scores(model: nn.Module, topo: Topology) -> list[torch.Tensor]:
-    scores = []
-    for b in topo.blocks:
-        if b.ffn is None:
-            scores.append(torch.zeros(0))
-            continue
-        s = weight_view(get_module(model, b.ffn.output)).detach().pow(2).sum(0)
-        for name in b.ffn.inputs:
-            s = s + weight_view(get_module(model, name)).detach().pow(2).sum(1)
-        scores.append(s.sqrt())
-    return scores
-
-
 def _row_scores(model: nn.Module, topo: Topology) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out = []
     for b in topo.blocks:
@@ -107,28 +73,6 @@ def _row_scores(model: nn.Module, topo: Topology) -> list[tuple[torch.Tensor, to
     return out
 
 
-def _counts(scores: list[torch.Tensor], sparsity: float, scope: str, minimum: int) -> list[int]:
-    """Units kept per layer: per layer, or from one global ranking."""
-    if scope == "layer":
-        return [kept_count(s.numel(), sparsity, min(minimum, s.numel())) for s in scores]
-    allv = torch.cat([s.flatten() for s in scores])
-    keep = topk_mask(allv, kept_count(allv.numel(), sparsity))
-    counts, start = [], 0
-    for s in scores:
-        counts.append(max(min(minimum, s.numel()), int(keep[start : start + s.numel()].sum())))
-        start += s.numel()
-    return counts
-
-
-def _gqa_heads(score: torch.Tensor, keep: int, num_kv: int) -> torch.Tensor:
-    """Top heads per KV group, the same number in each group (rounded from the layer's count)."""
-    group = score.numel() // num_kv
-    per = min(group, max(0, round(keep / num_kv)))
-    if keep > 0 and per == 0:
-        per = 1
-    return torch.stack([topk_mask(g, per) for g in score.view(num_kv, group)]).flatten()
-
-
 def magnitude_masks(
     model: nn.Module, config: MagnitudeConfig | None = None, topo: Topology | None = None, **kwargs
 ) -> MaskSet:
@@ -138,20 +82,15 @@ def magnitude_masks(
     pattern = parse_pattern(cfg.pattern)
     masks = MaskSet()
     if pattern.kind == "head":
-        scores = _head_scores(model, topo)
-        for b, s, k in zip(topo.blocks, scores, _counts(scores, cfg.sparsity, cfg.scope, cfg.min_heads), strict=True):
-            if s.numel():
-                a = b.attention
-                masks.layer(b.index).heads = _gqa_heads(s, k, a.num_kv_heads) if a.group_size > 1 else topk_mask(s, k)
+        scores = UnitScores(magnitude_head_scores(model, topo), {})
+        masks = unit_masks(topo, scores, heads=cfg.sparsity, scope=cfg.scope, min_heads=cfg.min_heads)
     elif pattern.kind == "neuron":
-        scores = _neuron_scores(model, topo)
-        for b, s, k in zip(topo.blocks, scores, _counts(scores, cfg.sparsity, cfg.scope, cfg.min_neurons), strict=True):
-            if s.numel():
-                masks.layer(b.index).neurons = topk_mask(s, k)
+        scores = UnitScores({}, magnitude_neuron_scores(model, topo))
+        masks = unit_masks(topo, scores, neurons=cfg.sparsity, scope=cfg.scope, min_neurons=cfg.min_neurons)
     elif pattern.kind == "row":
         pairs = _row_scores(model, topo)
         flat = [s for pair in pairs for s in pair]
-        counts = _counts(flat, cfg.sparsity, cfg.scope, 0)
+        counts = keep_counts(flat, cfg.sparsity, cfg.scope, 0)
         for j, b in enumerate(topo.blocks):
             lm = masks.layer(b.index)
             if b.attention is not None:

@@ -20,7 +20,7 @@ head's scores gate four weights, so the gates hold a reference to the shared uni
 
 Both steps in one recipe (`step: both`): `next_stage(model)` ends step 1 (round up, compact in place) and
 returns the teacher of step 2 (the compacted step-1 model); the caller trains again with the same method,
-now in block mode (`run_stages` is that loop), and `finalize` ends step 2, packing block-sparse matrices
+now in block mode (the pipeline's loop over `next_stage`), and `finalize` ends step 2, packing block-sparse matrices
 where a timing says they beat dense.
 """
 
@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.masks import MaskSet, block_parameter_count, zero_masked
-from prunekit.methods.base import Method, MethodConfig, register
+from prunekit.methods.base import Method, MethodConfig, NextStage, register
 from prunekit.topology import Topology, describe, get_module, linear_shape
 from prunekit.topology.base import is_conv1d
 
@@ -301,20 +301,16 @@ class MLPruningConfig(MethodConfig):
         return list(v)
 
 
-@dataclass
-class NextStage:
-    """What the caller needs to train the next stage: its name and its distillation teacher."""
-
-    stage: str
-    teacher: nn.Module
-
-
 @register
 class MLPruning(Method):
     """Learned Top-k thresholds under an adaptive density regulariser; heads and rows, then blocks."""
 
     name = "mlpruning"
     config_class = MLPruningConfig
+
+    def selectable(self, step: int, total_steps: int) -> bool:
+        return step >= self.config.end * total_steps  # masks final from `end` on
+
     config: MLPruningConfig
     needs_finetuned = True
 
@@ -608,6 +604,11 @@ class MLPruning(Method):
 
     # ------------------------------------------------------------ state
 
+    def report(self) -> dict[str, Any] | None:
+        """The steps' summaries (kept units, threshold lr) and how the block-sparse matrices were packed."""
+        parts = {"info": self.info, "pack_report": self.pack_report}
+        return {k: v for k, v in parts.items() if v} or None
+
     def state_dict(self) -> dict[str, Any]:
         """The step and run bookkeeping; scores and thresholds are in model.state_dict()."""
         return {"step": self.step, "info": copy.deepcopy(self.info)}
@@ -616,12 +617,3 @@ class MLPruning(Method):
         if int(state["step"]) != self.step:
             raise RuntimeError(f"mlpruning: the checkpoint is from step {state['step']}, the method is at {self.step}")
         self.info = copy.deepcopy(state["info"])
-
-
-def run_stages(method: Method, result: Any, train_stage: Callable[[nn.Module, nn.Module, str], Any]) -> Any:
-    """The stages after the first of a multi-stage method: while `method.next_stage(model)` gives one, train it
-    with `train_stage(model, teacher, stage) -> TrainResult`; returns the last result."""
-    next_stage = getattr(method, "next_stage", None)
-    while next_stage is not None and (nxt := next_stage(result.model)) is not None:
-        result = train_stage(result.model, nxt.teacher, nxt.stage)
-    return result

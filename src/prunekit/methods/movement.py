@@ -22,10 +22,11 @@ from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunekit.importance import keep_counts, select_heads
 from prunekit.masks import MaskSet, zero_masked
-from prunekit.methods.base import Method, register
+from prunekit.methods.base import Method, check_patterns_fit, register
 from prunekit.methods.gradual import GradualSchedule, ScheduleConfig, normalize_patterns
-from prunekit.methods.magnitude import _counts, _gqa_heads, check_scope
+from prunekit.methods.magnitude import check_scope
 from prunekit.patterns import check_block, kept_count, nm_mask, parse_pattern, topk_mask
 from prunekit.topology import Topology, get_module, weight_view
 from prunekit.topology.base import is_conv1d
@@ -115,6 +116,14 @@ class Movement(Method):
 
     name = "movement"
     config_class = MovementConfig
+    is_baseline = True
+
+    def selectable(self, step: int, total_steps: int) -> bool:
+        return step >= self.config.end * total_steps  # masks final from `end` on
+
+    def check_model(self, model: nn.Module) -> None:
+        check_patterns_fit(model, self.config.pattern)
+
     config: MovementConfig
 
     def __init__(self, config: MovementConfig | dict | None = None) -> None:
@@ -177,12 +186,12 @@ class Movement(Method):
             new = [_nm_top(s, p.n, p.m) for s in scores]
         elif p.kind in ("head", "neuron"):
             minimum = c.min_heads if p.kind == "head" else c.min_neurons
-            counts = _counts(scores, sparsity, c.scope, minimum)
+            counts = keep_counts(scores, sparsity, c.scope, minimum)
             new = []
             for (_, layer, _), s, k in zip(entries, scores, counts, strict=True):
                 a = self.topo.blocks[layer].attention
                 gqa = p.kind == "head" and a.group_size > 1  # same count per KV group, so it compacts
-                new.append(_gqa_heads(s, k, a.num_kv_heads) if gqa else topk_mask(s, k))
+                new.append(select_heads(s, k, a.num_kv_heads) if gqa else topk_mask(s, k))
         elif c.scope == "layer":
             new = [topk_mask(s, kept_count(s.numel(), sparsity)) for s in scores]
         else:

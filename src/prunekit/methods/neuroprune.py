@@ -162,6 +162,10 @@ class NeuroPrune(Method):
 
     name = "neuroprune"
     config_class = NeuroPruneConfig
+
+    def selectable(self, step: int, total_steps: int) -> bool:
+        return step >= self.config.end * total_steps  # masks final from `end` on
+
     config: NeuroPruneConfig
 
     def __init__(self, config: NeuroPruneConfig | dict | None = None) -> None:
@@ -398,6 +402,10 @@ class NeuroPrune(Method):
         counts_hist, edges = degree_histogram(frac)
         stats["degree_histogram"] = {"edges": edges, "counts": counts_hist}
         return frac, stats
+
+    def report(self) -> dict[str, Any] | None:
+        """The degree statistics and what merging and the final cut removed (filled by `finalize`)."""
+        return {"final_report": self.final_report} if self.final_report else None
 
     def save_plots(self, directory: str | Path) -> list[Path]:
         """Write `degree_histogram.png` (final degrees when finalize has run, else the current ones) into

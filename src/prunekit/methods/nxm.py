@@ -25,7 +25,7 @@ from torch import nn
 
 from prunekit.errors import UsageError
 from prunekit.masks import MaskSet, zero_masked
-from prunekit.methods.base import Method, MethodConfig, register
+from prunekit.methods.base import Method, MethodConfig, check_patterns_fit, register
 from prunekit.methods.gradual import GradualMagnitude, GradualMagnitudeConfig
 from prunekit.patterns import Pattern, nm_mask, parse_pattern
 from prunekit.topology import Topology, get_module, weight_view
@@ -101,6 +101,13 @@ class Admm(Method):
 
     name = "admm"
     config_class = AdmmConfig
+
+    def selectable(self, step: int, total_steps: int) -> bool:
+        return step >= self.config.end * total_steps  # masks final from `end` on
+
+    def check_model(self, model: nn.Module) -> None:
+        check_patterns_fit(model, self.config.pattern, self.config.pad_tail)
+
     config: AdmmConfig
     needs_finetuned = True  # ADMM starts from the task-fine-tuned dense model
 
@@ -367,6 +374,7 @@ class Asp(GradualMagnitude):
     run. The `magnitude` method with its N:M mask computed and applied at attach, before the first step."""
 
     name = "asp"
+    is_baseline = True  # NVIDIA's one-shot 2:4 recipe, the reference ADMM is measured against
     needs_finetuned = True
 
     def __init__(self, config: AspConfig | dict | None = None) -> None:

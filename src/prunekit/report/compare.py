@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prunekit.errors import UsageError
+from prunekit.methods.base import is_baseline
 from prunekit.report.markdown import table
 from prunekit.report.run import (
     dig,
@@ -172,10 +173,6 @@ def _cells(r: dict[str, Any]) -> list[str]:
     ]
 
 
-# the published methods prunekit implements; every other method name is a baseline (or the dense reference)
-METHODS = frozenset({"neuroprune", "admm", "mlpruning", "nas"})
-
-
 def best_at(rows: list[dict[str, Any]], at: float) -> dict[str, Any]:
     """The best method and the best baseline among the runs measured at least `at` x faster than dense at the
     rows' batch (by main metric, lower first for losses), and how far apart they are; None where no run
@@ -189,8 +186,9 @@ def best_at(rows: list[dict[str, Any]], at: float) -> dict[str, Any]:
     def best(group: list[dict[str, Any]]) -> dict[str, Any] | None:
         return (min if lower else max)(group, key=lambda r: r["value"]) if group else None
 
-    method = best([r for r in fast if r["method"] in METHODS])
-    baseline = best([r for r in fast if r["method"] not in METHODS and r["method"] != "dense"])
+    # a method declares whether it is a baseline (methods/base.py); the dense reference is neither
+    method = best([r for r in fast if r["method"] != "dense" and not is_baseline(r["method"])])
+    baseline = best([r for r in fast if r["method"] != "dense" and is_baseline(r["method"])])
     margin = None
     if method and baseline:
         margin = (baseline["value"] - method["value"]) if lower else (method["value"] - baseline["value"])

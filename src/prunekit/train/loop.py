@@ -313,8 +313,7 @@ class Trainer:
         return {"sparsity": round(sparsity_report(model, self.method.masks(), self.method.topo)["sparsity"], 5)}
 
     def _selectable(self) -> bool:
-        end = getattr(self.method.config, "end", None)
-        return end is None or self.step >= end * self.total_steps
+        return self.method.selectable(self.step, self.total_steps)
 
     def _maybe_keep_best(self, record: dict) -> None:
         if not (self.cfg.select_best and self._selectable()):
