@@ -470,7 +470,10 @@ def search(
     extract_points: Annotated[
         list[int] | None, typer.Option("--extract", help="Also extract Pareto point K into OUT/point-K (repeatable).")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT (and any interrupted search of it).")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted search (the super-network from its newest checkpoint).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -483,7 +486,9 @@ def search(
     r = load_recipe(recipe, overrides)
     log = (lambda *_: None) if as_json else (lambda msg: err.print(msg, highlight=False))
     target = out or f"runs/{Path(recipe).stem}"
-    summary = run_search(r, target, overwrite=overwrite, progress=progress, log=log, inputs=(recipe,))
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume contradict each other: give one")
+    summary = run_search(r, target, overwrite=overwrite, resume=resume, progress=progress, log=log, inputs=(recipe,))
     for k in extract_points or []:
         summary.setdefault("extracted", []).append(
             extract(summary["out_dir"], k, Path(summary["out_dir"]) / f"point-{k}", progress=progress)["out_dir"]

@@ -9,8 +9,6 @@ killed one from its newest checkpoint.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -23,39 +21,7 @@ from torch import nn
 
 from prunekit.errors import UsageError
 from prunekit.recipe import DataSpec, Recipe
-from prunekit.rundir import claim, partial_dir, recipe_inputs, remove_run, remove_temp_files
-
-
-def _prepare_dirs(out: Path, recipe: Recipe, overwrite: bool, resume: bool) -> Path:
-    """The partial folder to build the run in (OUT's lock is held: no other writer)."""
-    work = partial_dir(out)
-    if resume:
-        if not work.exists():
-            raise UsageError(
-                f"nothing to resume at '{out}': no interrupted run ({work.name}); start it without --resume"
-            )
-        try:
-            saved = json.loads((work / "recipe.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(
-                f"the interrupted run {work} is damaged (its recipe.json is unreadable): pass --overwrite to restart"
-            ) from exc
-        if saved != recipe.model_dump(mode="json"):
-            raise UsageError(f"the recipe differs from the interrupted run's ({work / 'recipe.json'}): resume with it")
-        remove_temp_files(work)  # half-written files of the save the kill interrupted
-        return work
-    if work.exists():
-        if not overwrite:
-            raise UsageError(
-                f"an interrupted run of '{out}' exists ({work}): pass --resume to continue it or --overwrite to restart"
-            )
-        shutil.rmtree(work)
-    tmp = out.parent / f"{work.name}.tmp-{os.getpid()}"  # made whole, then renamed: a kill leaves no half run
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2))
-    os.replace(tmp, work)
-    return work
+from prunekit.rundir import claim, partial_dir, prepare_partial, recipe_inputs, remove_run, remove_temp_files
 
 
 def _has_progress(work: Path) -> bool:
@@ -154,7 +120,7 @@ def run_recipe(
     if not main:
         return _stages(recipe, method, out, partial_dir(out), main, resume, progress, log, t0)
     with claim(out, overwrite=overwrite, inputs=[*recipe_inputs(recipe), *inputs]):
-        work = _prepare_dirs(out, recipe, overwrite, resume)
+        work = prepare_partial(out, recipe.model_dump(mode="json"), overwrite=overwrite, resume=resume)
         with _cleanup_on_failure(work, fresh=not resume):
             return _stages(recipe, method, out, work, main, resume, progress, log, t0)
 

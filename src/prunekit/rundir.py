@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,40 @@ def partial_dir(out: Path) -> Path:
 
 def lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
+
+
+def prepare_partial(out: Path, recipe: dict, *, overwrite: bool, resume: bool) -> Path:
+    """The partial folder a run (or search) is built in, called with OUT's lock held. Fresh: made whole with the
+    resolved `recipe` in recipe.json, then renamed, so a kill leaves no half folder; an interrupted one is kept
+    unless `overwrite`. `resume`: the interrupted one, which must have been started with the same recipe."""
+    work = partial_dir(out)
+    if resume:
+        if not work.exists():
+            raise UsageError(
+                f"nothing to resume at '{out}': no interrupted run ({work.name}); start it without --resume"
+            )
+        try:
+            saved = json.loads((work / "recipe.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"the interrupted run {work} is damaged (its recipe.json is unreadable): pass --overwrite to restart"
+            ) from exc
+        if saved != recipe:
+            raise UsageError(f"the recipe differs from the interrupted run's ({work / 'recipe.json'}): resume with it")
+        remove_temp_files(work)  # half-written files of the save the kill interrupted
+        return work
+    if work.exists():
+        if not overwrite:
+            raise UsageError(
+                f"an interrupted run of '{out}' exists ({work}): pass --resume to continue it or --overwrite to restart"
+            )
+        shutil.rmtree(work)
+    tmp = out.parent / f"{work.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    os.replace(tmp, work)
+    return work
 
 
 def recipe_inputs(recipe) -> list[str]:

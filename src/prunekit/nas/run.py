@@ -27,7 +27,16 @@ from torch import nn
 from prunekit.errors import UsageError
 from prunekit.nas.config import SearchSpec
 from prunekit.recipe import Recipe
-from prunekit.rundir import check_target, check_writable, claim, partial_dir, recipe_inputs, remove_run
+from prunekit.rundir import (
+    check_target,
+    check_writable,
+    claim,
+    prepare_partial,
+    recipe_inputs,
+    remove_run,
+    remove_temp_files,
+)
+from prunekit.train.checkpoint import fault_point
 
 ORDER = "order.json"
 PARETO = "pareto.json"
@@ -141,6 +150,7 @@ def run_search(
     out_dir: str | Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
     log=print,
     inputs: tuple[str | Path, ...] = (),
@@ -149,25 +159,39 @@ def run_search(
     reads (the recipe file) that OUT may not hold."""
     spec = _check(recipe)
     with claim(out_dir, overwrite=overwrite, inputs=[*recipe_inputs(recipe), *inputs]) as out:
-        work = partial_dir(out)
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        work = prepare_partial(out, recipe.model_dump(mode="json"), overwrite=overwrite, resume=resume)
         try:
-            summary = _search(recipe, spec, work, progress, log)
+            summary = _search(recipe, spec, work, progress, log, resume)
             for sub in ("checkpoints", "best"):  # the trainer's; the super-network itself is in supernet/
                 shutil.rmtree(work / sub, ignore_errors=True)
-        except BaseException as exc:
-            shutil.rmtree(work, ignore_errors=True)
-            if isinstance(exc, KeyboardInterrupt):
-                exc.add_note(f"the search's partial folder was removed and nothing written to '{out}': run it again")
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM
+            exc.add_note(f"the partial search is kept in {work}: run the same command with --resume to continue it")
             raise
+        except Exception as exc:
+            if resume or _has_progress(work):
+                exc.add_note(f"the interrupted search is kept in {work}: fix the cause, then pass --resume")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        remove_temp_files(work)
         remove_run(out)
         work.replace(out)
     return summary | {"out_dir": str(out)}
 
 
-def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: bool, log):
-    """(dense model, trained super-network in importance order with the method attached, order, tokenizer)."""
+def _has_progress(work: Path) -> bool:
+    """Whether an interrupted search holds work worth resuming: a trainer checkpoint or the trained super-network."""
+    from prunekit.train.checkpoint import list_checkpoints
+
+    stages = (work / "checkpoints").iterdir() if (work / "checkpoints").is_dir() else []
+    return (work / "supernet" / ORDER).exists() or any(list_checkpoints(p) for p in stages)
+
+
+def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: bool, log, resume: bool = False):
+    """(dense model, trained super-network in importance order with the method attached, order, tokenizer).
+    `resume`: a super-network the interrupted search finished is reused; else both trainings continue from their
+    newest checkpoints (each resumes to the weights an uninterrupted run has, so the reordering between them is
+    recomputed identically)."""
     from prunekit.io import write_model
     from prunekit.nas.reorder import UnitOrder, importance, order_from_scores, permute, unpermute
     from prunekit.pipeline import _load_start, _task_info, _teacher, check_lengths, source_fingerprint, split_info
@@ -177,11 +201,15 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
     method = recipe.create_method()
     if spec.supernet is not None:
         return _reuse(_supernet_home(Path(spec.supernet)), recipe, method)
+    if resume and (work / "supernet" / ORDER).exists() and (work / "dense" / "prunekit.json").exists():
+        log(f"super-network: reusing the one the interrupted search trained ({work / 'supernet'})")
+        return _reuse(work, recipe, method)
     model, tok, manifest = _load_start(recipe, task, task.num_labels(data))
     check_lengths(recipe, model)
     timings: dict[str, float] = {}
     if recipe.finetune is not None and recipe.finetune.epochs > 0:
-        res = train(model, tok, task, data, config=recipe.finetune, work_dir=work, progress=progress, stage="finetune")
+        res = train(model, tok, task, data, config=recipe.finetune, work_dir=work, progress=progress, stage="finetune",
+                    resume=resume)  # fmt: skip
         model, timings["finetune_s"] = res.model, res.train_s
     dense = copy.deepcopy(model).eval()
     topo = describe(model)
@@ -210,6 +238,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
         distill=distill,
         progress=progress,
         stage="supernet",
+        resume=resume,
     )
     timings["supernet_s"] = res.train_s
     supernet = res.model
@@ -225,7 +254,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
         timings=timings,
     )
     for name, m, meth in (("supernet", plain, "nas"), ("dense", dense, "dense")):
-        (work / name).mkdir()
+        (work / name).mkdir(exist_ok=True)  # a kill while writing them leaves them half-written: written again
         write_model(m, work / name, tok, method=meth, history=res.history if name == "supernet" else [], **fields)
     (work / "supernet" / ORDER).write_text(json.dumps(order.to_json()))
     log(f"super-network trained ({res.steps} steps, strategy {method.config.strategy}, space {method.config.space})")
@@ -256,7 +285,7 @@ def _reuse(src: Path, recipe: Recipe, method):
     return dense, supernet, method, order, tok
 
 
-def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -> dict[str, Any]:
+def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, resume: bool = False) -> dict[str, Any]:
     from prunekit.bench import count_parameters
     from prunekit.io import read_manifest
     from prunekit.nas.cost import subnet_block_parameters
@@ -264,7 +293,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
     from prunekit.nas.search import Evaluation, FrontProgress, Problem, front, run_search
 
     data, task = _load_splits(recipe)
-    dense, supernet, method, order, tok = _stage1(recipe, spec, work, data, task, progress, log)
+    dense, supernet, method, order, tok = _stage1(recipe, spec, work, data, task, progress, log, resume)
     device = _device(recipe)
     supernet.to(device).eval()
     dense.to(device).eval()
@@ -278,6 +307,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log) -
     err = lambda m: _error(m[key], dense_val[key], task.greater_is_better, scale)  # noqa: E731
 
     def evaluate(config) -> Evaluation:
+        fault_point("search")  # a test hook: inert unless PRUNEKIT_FAULT_AT is set
         masks = space.masks(config)
         with method.use(masks):
             metrics = _evaluate(task, supernet, val, tok, recipe, device, spec.max_eval_examples)
