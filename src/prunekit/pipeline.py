@@ -51,6 +51,33 @@ def _cleanup_on_failure(work: Path, fresh: bool):
         raise
 
 
+def _prune_before_training(method, model: nn.Module, task, data, tok, recipe: Recipe, timings: dict, log):
+    """A one-shot method scores the dense model on calibration batches and its masks are compacted now, so the
+    training stage that follows (recovery, with the dense teacher) runs on the small model. Returns (masks, their
+    sparsity report on the dense model) or None. Deterministic for a recipe, so a resumed run compacts the same."""
+    n = method.calibration_examples()
+    if n <= 0:
+        return None
+    from prunekit.api import check_keeps_attention
+    from prunekit.compact import compact
+    from prunekit.masks import sparsity_report
+    from prunekit.tasks.base import calibration_batches
+
+    t0 = time.perf_counter()
+    cfg = recipe.train
+    method.calibrate(model, calibration_batches(task, data["train"], tok, cfg.max_length, cfg.batch_size, n)())
+    masks = method.prune_before_training()
+    if masks is None:
+        return None
+    check_keeps_attention(model, masks)
+    report = sparsity_report(model, masks)
+    with torch.no_grad():
+        compact(model, masks)
+    timings["calibrate_s"] = round(time.perf_counter() - t0, 2)
+    log(f"{method.name}: pruned {report['sparsity']:.1%} of the block weights before training (calibrated on {n})")
+    return masks, report
+
+
 def check_lengths(recipe: Recipe, model: nn.Module) -> None:
     """The recipe's sequence lengths fit the model's position embeddings (before any training)."""
     from prunekit.tasks.checks import check_max_length
@@ -183,6 +210,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
     dense_structure = structure(model)
     dense_params = sparsity_report(model)["params"]
     teacher, distill = _teacher(recipe, model, task)
+    early = _prune_before_training(method, model, task, data, tok, recipe, timings, log)
     res = train(model, tok, task, data, method=method, config=recipe.train, work_dir=work, teacher=teacher,
                 distill=distill, resume=resume, progress=progress, stage="prune")  # fmt: skip
     timings["prune_s"] = res.train_s
@@ -198,10 +226,13 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
     masks = method.finalize(model)
     mask_report = sparsity_report(model, masks)  # after finalize: includes a method's final cut
     method.save_plots(work / "plots")
-    check_keeps_attention(model, masks)
-    with torch.no_grad():
-        if masks is not None:
-            compact(model, masks)
+    if early is not None and masks is None:  # a one-shot method: its masks were compacted before training
+        masks, mask_report = early
+    else:
+        check_keeps_attention(model, masks)
+        with torch.no_grad():
+            if masks is not None:
+                compact(model, masks)
     model.eval()
     metrics.update(_evaluate(task, model, data, tok, recipe.train))
     log(f"{method.name}: {_fmt(metrics, task.main_metric)}")

@@ -59,7 +59,9 @@ class Method:
     and as the pipeline calls it:
 
     check_model(model)             refuse a model the method cannot prune, before any training
-    calibrate(model, batches)      one-shot methods: measure what they need on calibration batches
+    calibration_examples()         training examples `calibrate` wants (0: it is not called)
+    calibrate(model, batches)      one-shot methods: measure what they need on calibration batches (dense model)
+    prune_before_training()        masks compacted before the training stage, so recovery trains the small model
     next_stage(model)              multi-stage methods: the next stage to train (None: done)
     save_plots(directory)          the method's own figures, beside the run's
     report()                       the method's own results for the manifest (`method_report`)
@@ -113,8 +115,14 @@ class Method:
     def check_model(self, model: nn.Module) -> None:
         pass
 
+    def calibration_examples(self) -> int:
+        return 0
+
     def calibrate(self, model: nn.Module, batches: Iterable[dict]) -> None:
         pass
+
+    def prune_before_training(self) -> MaskSet | None:
+        return None
 
     def next_stage(self, model: nn.Module) -> NextStage | None:
         return None

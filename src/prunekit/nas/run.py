@@ -36,6 +36,7 @@ from prunekit.rundir import (
     remove_run,
     remove_temp_files,
 )
+from prunekit.tasks.base import calibration_batches
 from prunekit.train.checkpoint import fault_point
 
 ORDER = "order.json"
@@ -84,14 +85,7 @@ def _evaluate(task, model: nn.Module, split, tok, recipe: Recipe, device, max_ex
 
 def _batches(task, split, tok, recipe: Recipe, n: int):
     """A function giving the first `n` training examples as batches (for importance scores)."""
-    from prunekit.tasks.base import first_rows
-
-    feats = task.features(first_rows(split, n), tok, recipe.train.max_length)
-    collate = task.collator(tok)
-    size = recipe.train.batch_size
-    return lambda: (
-        collate([feats[j] for j in range(i, min(i + size, len(feats)))]) for i in range(0, len(feats), size)
-    )
+    return calibration_batches(task, split, tok, recipe.train.max_length, recipe.train.batch_size, n)
 
 
 class Costs:

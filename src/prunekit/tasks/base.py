@@ -177,6 +177,16 @@ def first_rows(split: datasets.Dataset, max_examples: int | None) -> datasets.Da
     return split
 
 
+def calibration_batches(task, split: datasets.Dataset, tokenizer, max_length: int, batch_size: int, n: int):
+    """A function giving the first `n` examples of `split` (a seeded sample: splits are shuffled) as collated batches
+    with labels, for importance scores and calibration; each call starts over."""
+    feats = task.features(first_rows(split, n), tokenizer, max_length)
+    collate = task.collator(tokenizer)
+    return lambda: (
+        collate([feats[j] for j in range(i, min(i + batch_size, len(feats)))]) for i in range(0, len(feats), batch_size)
+    )
+
+
 def chunks(n: int, size: int) -> Iterator[range]:
     for start in range(0, n, max(1, size)):
         yield range(start, min(n, start + size))

@@ -1,0 +1,83 @@
+"""One-shot structured pruning (`method: structured`): scored on calibration data, compacted before training, the
+recovery trains the small model with the dense teacher; a killed run resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prunekit.methods.base import create_method
+from train_fixtures import sentiment_csv, tiny_bert_dir
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def _prune(recipe: Path, out: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(ENV, PRUNEKIT_FAULT_AT=fault) if fault else ENV
+    cmd = [sys.executable, "-m", "prunekit.cli", "prune", str(recipe), "--out", str(out), "--no-progress", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("structured")
+    path = root / "structured.yaml"
+    path.write_text(
+        f"model: {tiny_bert_dir(root)}\n"
+        f"data: {{dataset: {sentiment_csv(root, n=120)}, task: classification, "
+        "columns: {text: review, label: verdict}}\n"
+        "finetune: {epochs: 1, batch_size: 16, lr: 1.0e-2, max_length: 16, checkpoint_every: 3}\n"
+        "train: {epochs: 2, batch_size: 16, lr: 3.0e-3, max_length: 16, checkpoint_every: 3}\n"
+        "method: {name: structured, criterion: taylor, heads: 0.5, neurons: 0.5, calibration_examples: 48}\n"
+        "distill: {teacher: dense, alpha: 0.5}\n"
+        "bench: {enabled: false}\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(recipe) -> Path:
+    out = recipe.parent / "reference"
+    proc = _prune(recipe, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_one_shot_prunes_before_training_and_recovers_the_small_model(reference):
+    manifest = json.loads((reference / "prunekit.json").read_text())
+    assert [(layer["heads"], layer["ffn_width"]) for layer in manifest["structure"]] == [(2, 32), (2, 32)]
+    assert manifest["method_report"] == {"criterion": "taylor", "calibration_batches": 3}  # 48 examples / 16
+    assert manifest["timings"]["calibrate_s"] > 0
+    assert manifest["sparsity"]["mask"]["sparsity"] == pytest.approx(0.5, abs=0.02)
+    records = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if r.get("stage") == "prune" and r.get("type") == "train"]
+    assert trained and all("kd" in " ".join(r) for r in trained[:1])  # the recovery distils from the dense model
+    dense = load_file(reference / "dense" / "model.safetensors")
+    small = load_file(reference / "model.safetensors")
+    key = "bert.encoder.layer.0.intermediate.dense.weight"
+    assert dense[key].shape[0] == 64 and small[key].shape[0] == 32  # trained and saved at the compacted width
+
+
+def test_a_killed_one_shot_run_resumes_to_the_same_weights(tmp_path, recipe, reference):
+    out = tmp_path / "run"
+    killed = _prune(recipe, out, fault="step:10")  # prune stage (6 fine-tune steps first), after a checkpoint
+    assert killed.returncode != 0 and not out.exists()
+    resumed = _prune(recipe, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_config_is_validated():
+    with pytest.raises(Exception, match="criterion"):
+        create_method("structured", {"criterion": "random"})
+    with pytest.raises(Exception, match="scope"):
+        create_method("structured", {"scope": "model"})
+    assert create_method("structured").calibration_examples() == 512
