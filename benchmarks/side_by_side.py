@@ -88,7 +88,8 @@ def nas(args: argparse.Namespace, start: str, data: dict, train: dict, seed: int
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(nas_recipe(args, start, data, train, seed), sort_keys=False))
     if not (search / "pareto.json").exists():
-        prunekit("search", str(path), "--out", str(search), "--no-progress", "--overwrite")
+        again = "--resume" if (search.parent / f".{search.name}.partial").exists() else "--overwrite"
+        prunekit("search", str(path), "--out", str(search), "--no-progress", again)
     points = json.loads((search / "pareto.json").read_text())["points"]
     kept = 1 - args.sparsity
     under = [p for p in points if p["block_params"] <= kept + 1e-9]
