@@ -240,3 +240,11 @@ def test_a_user_optimizer_without_the_method_parameters_is_refused(tmp_path):
     )
     with pytest.raises(UsageError, match="parameter_groups"):
         trainer.train()
+
+
+def test_a_one_shot_method_is_refused_with_the_command_that_runs_it(tmp_path):
+    from prunekit.methods.base import create_method
+
+    with pytest.raises(UsageError, match="prunekit prune"):
+        PrunekitTrainer(model=tiny_model("bert"), args=_args(tmp_path), train_dataset=Synthetic(),
+                        method=create_method("structured"))  # fmt: skip

@@ -134,6 +134,11 @@ class PrunekitMixin:
         super().__init__(*args, **kwargs)
         if self.model is None:
             raise UsageError("PrunekitTrainer needs a model (model_init is not supported)")
+        if method.calibration_examples() > 0:
+            raise UsageError(
+                f"method '{method.name}' prunes once from calibration data before training: run it with "
+                "`prunekit prune` (this Trainer drives methods that prune while training)"
+            )
         self.method = method
         if method.model is not self.model:
             method.attach(self.model, describe(self.model))
