@@ -27,10 +27,9 @@ from prunekit.rundir import claim, partial_dir, prepare_partial, recipe_inputs, 
 def _has_progress(work: Path) -> bool:
     """Whether an interrupted run holds work worth resuming: a complete checkpoint or the dense stage."""
     from prunekit.io import MANIFEST
-    from prunekit.train.checkpoint import list_checkpoints
+    from prunekit.train.checkpoint import has_checkpoint
 
-    stages = (work / "checkpoints").iterdir() if (work / "checkpoints").is_dir() else []
-    return (work / "dense" / MANIFEST).exists() or any(list_checkpoints(p) for p in stages)
+    return (work / "dense" / MANIFEST).exists() or has_checkpoint(work)
 
 
 @contextmanager

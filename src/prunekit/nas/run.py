@@ -37,7 +37,7 @@ from prunekit.rundir import (
     remove_temp_files,
 )
 from prunekit.tasks.base import calibration_batches
-from prunekit.train.checkpoint import fault_point
+from prunekit.train.checkpoint import fault_point, has_checkpoint
 
 ORDER = "order.json"
 PARETO = "pareto.json"
@@ -175,10 +175,7 @@ def run_search(
 
 def _has_progress(work: Path) -> bool:
     """Whether an interrupted search holds work worth resuming: a trainer checkpoint or the trained super-network."""
-    from prunekit.train.checkpoint import list_checkpoints
-
-    stages = (work / "checkpoints").iterdir() if (work / "checkpoints").is_dir() else []
-    return (work / "supernet" / ORDER).exists() or any(list_checkpoints(p) for p in stages)
+    return (work / "supernet" / ORDER).exists() or has_checkpoint(work)
 
 
 def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: bool, log, resume: bool = False):

@@ -142,6 +142,12 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     return model_state, trainer_state, extra
 
 
+def has_checkpoint(work: Path) -> bool:
+    """Whether a run's partial folder holds a complete checkpoint of any training stage (work worth resuming)."""
+    stages = (work / "checkpoints").iterdir() if (work / "checkpoints").is_dir() else []
+    return any(list_checkpoints(p) for p in stages)
+
+
 def latest_usable(root: Path) -> tuple[Path, tuple[dict, dict, dict]] | None:
     """The newest checkpoint that loads; damaged ones are skipped with a warning."""
     for path in reversed(list_checkpoints(root)):
