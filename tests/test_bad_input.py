@@ -22,9 +22,9 @@ from transformers import BertConfig, BertForSequenceClassification
 import prunekit
 from prunekit import cli
 from prunekit.catalog import load_model
-from prunekit.errors import PrunekitError, UsageError
-from prunekit.io import fingerprint
+from prunekit.core.errors import PrunekitError, UsageError
 from prunekit.recipe import load_recipe
+from prunekit.runs.io import fingerprint
 from tiny import tiny_model
 from train_fixtures import sentiment_csv, tiny_bert_dir
 

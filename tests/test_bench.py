@@ -24,8 +24,8 @@ from prunekit.bench import (
     measure_latency,
     peak_memory_mb,
 )
-from prunekit.compact import compact
-from prunekit.errors import UsageError
+from prunekit.compact.remove import compact
+from prunekit.core.errors import UsageError
 from prunekit.masks import LayerMask, MaskSet
 from tiny import FAMILIES, tiny_config, tiny_model
 

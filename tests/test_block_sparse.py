@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.compact.modules import ScatterLinear
 from prunekit.kernels import (
     BlockSparseLinear,
     block_density,
@@ -15,7 +16,6 @@ from prunekit.kernels import (
     unpack_block_sparse,
 )
 from prunekit.kernels.block_sparse import block_mask, gather_linear, infer_block, pack_blocks, pack_runs, runs_linear
-from prunekit.pruned_modules import ScatterLinear
 from prunekit.topology import describe, get_module
 from tiny import tiny_inputs, tiny_model
 
@@ -116,7 +116,7 @@ def _block_prune_model(family: str, block: int = 8, density: float = 0.3) -> nn.
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_pack_always_then_save_load_and_same_outputs(family, tmp_path):
-    from prunekit.io import load, save
+    from prunekit.runs.io import load, save
 
     model = _block_prune_model(family)
     inputs = tiny_inputs(family)
@@ -157,8 +157,8 @@ def test_flops_of_a_packed_matrix_count_only_its_kept_blocks():
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_load_puts_block_pruned_matrices_back_into_the_kernel(family, tmp_path):
-    from prunekit.errors import UsageError
-    from prunekit.io import load, save
+    from prunekit.core.errors import UsageError
+    from prunekit.runs.io import load, save
 
     model = _block_prune_model(family)
     names = describe(model).prunable_linears()
@@ -197,7 +197,7 @@ def test_pack_auto_decides_by_timing_and_skips_dense_matrices():
 
 def test_onnx_export_of_a_packed_model_uses_the_dense_weights(tmp_path):
     pytest.importorskip("onnxruntime")
-    from prunekit.export import export_onnx
+    from prunekit.runs.export import export_onnx
 
     model = _block_prune_model("bert")
     pack_block_sparse(model, always=True)

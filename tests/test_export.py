@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from prunekit import export
-from prunekit.compact import check_equal, compact
-from prunekit.errors import PrunekitError, UsageError
-from prunekit.export import export_onnx
+from prunekit.compact.remove import check_equal, compact
+from prunekit.core.errors import PrunekitError, UsageError
 from prunekit.masks import LayerMask, MaskSet
+from prunekit.runs.export import export_onnx
 from tiny import FAMILIES, tiny_inputs, tiny_model
 
 # dynamo export takes ~5 s per tiny model: the compacted cases beyond one encoder and one decoder are slow

@@ -14,12 +14,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 from transformers.pytorch_utils import Conv1D
 
-from prunekit.compact import check_equal
-from prunekit.errors import UsageError
+from prunekit.compact.remove import check_equal
+from prunekit.core.errors import UsageError
 from prunekit.masks import element_masks
 from prunekit.methods.base import create_method, method_names
-from prunekit.methods.gradual import GradualSchedule, ScheduleConfig, cubic_sparsity
-from prunekit.methods.movement import ScoreMask
+from prunekit.methods.baselines.magnitude import GradualSchedule, ScheduleConfig, cubic_sparsity
+from prunekit.methods.baselines.movement import ScoreMask
 from prunekit.patterns import kept_count
 from prunekit.topology import describe, get_module, weight_view
 from prunekit.topology.base import is_conv1d
@@ -488,7 +488,7 @@ def test_l1_threshold_and_dead_neurons(family):
 def test_l1_ends_like_neuroprune_on_gated_ffns():
     """One empty gate row kills a SiLU-gated neuron, and the target cut is exact once dead structure is removed:
     the baseline's end is NeuroPrune's, so comparisons differ only in the regulariser."""
-    from prunekit.compact import compact
+    from prunekit.compact.remove import compact
     from prunekit.masks import block_parameter_count
 
     # loss form: its near-zero weights can be given back when structure takes more (exact zeros cannot)

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from prunekit.compact import check_equal
-from prunekit.errors import UsageError
+from prunekit.compact.remove import check_equal
+from prunekit.core.errors import UsageError
 from prunekit.integrations import PrunekitCallback, PrunekitTrainer, finalize_and_compact
 from prunekit.integrations.hf_trainer import METHOD_STATE_FILE
 from prunekit.masks import MaskSet

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.compact import check_equal
-from prunekit.errors import UsageError
+from prunekit.compact.remove import check_equal
+from prunekit.core.errors import UsageError
 from prunekit.importance import keep_counts, select_heads, unit_masks, unit_scores
-from prunekit.methods.magnitude import magnitude_masks
-from prunekit.nas.gates import GateHooks
+from prunekit.importance.gates import GateHooks
+from prunekit.importance.magnitude import magnitude_masks
 from prunekit.topology import describe, get_module, weight_view
 from tiny import FAMILIES, tiny_inputs, tiny_model
 

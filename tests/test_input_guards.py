@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.recipe import apply_overrides, load_recipe, parse_recipe
 from prunekit.tasks import evaluation_data, load_data
 

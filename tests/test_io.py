@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import prunekit
-from prunekit.compact import compact
-from prunekit.errors import PrunekitError, UsageError
-from prunekit.io import read_manifest, staged_dir
+from prunekit.compact.remove import compact
+from prunekit.core.errors import PrunekitError, UsageError
 from prunekit.masks import LayerMask, MaskSet
+from prunekit.runs.io import read_manifest, staged_dir
 from prunekit.topology import describe
 from test_compact import random_masks
 from tiny import FAMILIES, tiny_inputs, tiny_model

@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from prunekit.compact import check_equal, compact
-from prunekit.errors import UsageError
+from prunekit.compact.remove import check_equal, compact
+from prunekit.core.errors import UsageError
 from prunekit.masks import block_parameter_count
 from prunekit.methods.base import create_method, method_names
-from prunekit.methods.mlpruning import TopKBinarizer, UnitScores, adaptive_penalty, kept_units
+from prunekit.methods.mlpruning.method import TopKBinarizer, UnitScores, adaptive_penalty, kept_units
 from prunekit.topology import describe, get_module, weight_view
 from tiny import tiny_inputs, tiny_model
 
@@ -418,9 +418,9 @@ def test_registered_and_config_errors():
 
 @pytest.mark.slow
 def test_two_step_recipe_end_to_end(tmp_path):
-    from prunekit.io import load, read_manifest
-    from prunekit.pipeline import run_recipe
+    from prunekit.pipelines.prune import run_recipe
     from prunekit.recipe import load_recipe
+    from prunekit.runs.io import load, read_manifest
     from train_fixtures import sentiment_csv, tiny_bert_dir
 
     model_dir, csv_path = tiny_bert_dir(tmp_path), sentiment_csv(tmp_path)

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from prunekit.bench import count_parameters, flops_per_token
-from prunekit.compact import validate
-from prunekit.errors import UsageError
-from prunekit.nas import reorder
-from prunekit.nas.cost import compacted_copy, subnet_flops, subnet_parameters
-from prunekit.nas.gates import GateHooks
-from prunekit.nas.pareto import dominates, hypervolume, nondominated_ranks, pareto_mask
-from prunekit.nas.space import SPACES, LayerShape, MediumSpace, make_space
+from prunekit.compact.remove import validate
+from prunekit.core.errors import UsageError
+from prunekit.importance.gates import GateHooks
+from prunekit.methods.nas import reorder
+from prunekit.methods.nas.cost import compacted_copy, subnet_flops, subnet_parameters
+from prunekit.methods.nas.pareto import dominates, hypervolume, nondominated_ranks, pareto_mask
+from prunekit.methods.nas.space import SPACES, LayerShape, MediumSpace, make_space
 from prunekit.topology import describe
 from tiny import FAMILIES, tiny_inputs, tiny_model
 
@@ -284,7 +284,7 @@ def test_importance_is_zero_for_units_that_contribute_nothing():
 
 def _toy_problem():
     """A cheap 2-objective problem over a medium space: error falls with kept units, cost rises."""
-    from prunekit.nas.search import Evaluation, Problem
+    from prunekit.methods.nas.search import Evaluation, Problem
 
     space = MediumSpace([LayerShape(4, 1, 6), LayerShape(4, 1, 6)])
 
@@ -299,7 +299,7 @@ def _toy_problem():
 
 @pytest.mark.parametrize("searcher", ["random", "local", "morea", "nsga2"])
 def test_searchers_spend_the_budget_on_distinct_valid_configurations(searcher):
-    from prunekit.nas.search import front, run_search
+    from prunekit.methods.nas.search import front, run_search
 
     space, problem = _toy_problem()
     initial = space.initial(["full", "smallest", "midpoint"])
@@ -314,7 +314,7 @@ def test_searchers_spend_the_budget_on_distinct_valid_configurations(searcher):
 
 
 def test_local_search_and_morea_propose_neighbours():
-    from prunekit.nas.search import run_search
+    from prunekit.methods.nas.search import run_search
 
     for searcher in ("local", "morea"):
         space, problem = _toy_problem()
@@ -328,7 +328,7 @@ def test_local_search_and_morea_propose_neighbours():
 
 
 def test_budget_larger_than_the_space_stops():
-    from prunekit.nas.search import Evaluation, Problem, run_search
+    from prunekit.methods.nas.search import Evaluation, Problem, run_search
 
     space = MediumSpace([LayerShape(1, 1, 2)])  # 2 x 3 configurations
     for searcher in ("random", "local", "morea"):
@@ -338,7 +338,7 @@ def test_budget_larger_than_the_space_stops():
 
 
 def test_nsga2_processes_share_one_study_through_storage(tmp_path):
-    from prunekit.nas.search import run_search
+    from prunekit.methods.nas.search import run_search
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space, first = _toy_problem()
@@ -354,7 +354,7 @@ def test_nsga2_processes_share_one_study_through_storage(tmp_path):
 
 
 def test_unknown_searcher_is_a_usage_error():
-    from prunekit.nas.search import run_search
+    from prunekit.methods.nas.search import run_search
 
     space, problem = _toy_problem()
     with pytest.raises(UsageError, match="unknown searcher 'grid': use one of random, local, nsga2, morea"):
@@ -365,7 +365,7 @@ def test_unknown_searcher_is_a_usage_error():
 
 
 def test_baselines_remove_what_they_say():
-    from prunekit.nas import baselines
+    from prunekit.methods.nas import baselines
 
     model = tiny_model("bert")  # 3 layers x 4 heads
     topo = describe(model)
@@ -497,7 +497,7 @@ def test_sub_networks_are_a_function_of_seed_and_step():
 
 
 def test_quality_objective_is_a_fraction_whatever_the_metric():
-    from prunekit.nas.run import _error
+    from prunekit.pipelines.search import _error
 
     assert _error(0.8, 0.9, True) == pytest.approx(0.2)  # accuracy
     assert _error(80.0, 90.0, True, 100.0) == pytest.approx(0.2)  # SQuAD F1, ROUGE: percent

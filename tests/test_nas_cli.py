@@ -12,10 +12,10 @@ import pytest
 import prunekit
 from prunekit.api import evaluate_run
 from prunekit.bench import count_parameters
-from prunekit.errors import UsageError
-from prunekit.io import read_manifest
-from prunekit.nas.pareto import dominates, hypervolume, pareto_mask
+from prunekit.core.errors import UsageError
+from prunekit.methods.nas.pareto import dominates, hypervolume, pareto_mask
 from prunekit.report import run_row
+from prunekit.runs.io import read_manifest
 from train_fixtures import sentiment_csv, tiny_bert_dir
 
 
@@ -46,7 +46,7 @@ def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def test_search_writes_the_pareto_set_and_extracts_points(tmp_path):
-    from prunekit.nas.run import extract
+    from prunekit.pipelines.search import extract
 
     recipe = _recipe(tmp_path)
     out = tmp_path / "search"
@@ -139,7 +139,7 @@ def test_latency_objective_is_measured_on_the_compacted_candidate_once_and_a_sup
     import torch
 
     from prunekit import bench
-    from prunekit.nas.run import extract, run_search
+    from prunekit.pipelines.search import extract, run_search
     from prunekit.recipe import load_recipe
 
     calls = []

@@ -14,12 +14,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prunekit.compact import check_equal, compact
-from prunekit.errors import UsageError
+from prunekit.compact.remove import check_equal, compact
+from prunekit.core.errors import UsageError
 from prunekit.masks import MaskSet, element_masks
 from prunekit.methods.base import create_method
-from prunekit.methods.heads import dominating_matrix, dominators, prune_redundant_heads, similarity
-from prunekit.methods.neuroprune import attention_penalty, degree_weights, ffn_penalty
+from prunekit.methods.neuroprune.heads import dominating_matrix, dominators, prune_redundant_heads, similarity
+from prunekit.methods.neuroprune.method import attention_penalty, degree_weights, ffn_penalty
 from prunekit.patterns import kept_count
 from prunekit.topology import describe, get_module, weight_view
 from tiny import tiny_inputs, tiny_model

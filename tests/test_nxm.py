@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.kernels.semi_structured import NO_SPEEDUP, nm_speedup_note, semi_structured_available
 from prunekit.methods.base import create_method, method_names
-from prunekit.nm_storage import load_nm_compressed, pack_nm, save_nm_compressed, unpack_nm
 from prunekit.patterns import nm_mask, nm_project
+from prunekit.runs.nm_storage import load_nm_compressed, pack_nm, save_nm_compressed, unpack_nm
 from prunekit.topology import describe, get_module, weight_view
 from tiny import tiny_inputs, tiny_model
 
@@ -397,7 +397,7 @@ def _nm_model(family: str, pattern: str = "2:4"):
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_run_directory_stores_nm_packed_and_loads_identically(family, tmp_path):
     import prunekit
-    from prunekit.io import read_manifest
+    from prunekit.runs.io import read_manifest
 
     model, patterns = _nm_model(family)
     prunekit.save(model, tmp_path / "packed", patterns=patterns)
@@ -416,7 +416,7 @@ def test_run_directory_stores_nm_packed_and_loads_identically(family, tmp_path):
 
 def test_packed_weights_that_are_damaged_or_not_nm_any_more(tmp_path):
     import prunekit
-    from prunekit.errors import PrunekitError
+    from prunekit.core.errors import PrunekitError
 
     model, patterns = _nm_model("bert")
     name = next(iter(patterns))

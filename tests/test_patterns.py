@@ -9,9 +9,9 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from prunekit.compact import check_equal
-from prunekit.errors import UsageError
-from prunekit.methods.magnitude import magnitude_masks
+from prunekit.compact.remove import check_equal
+from prunekit.core.errors import UsageError
+from prunekit.importance.magnitude import magnitude_masks
 from prunekit.patterns import block_scores, expand_blocks, kept_count, nm_mask, parse_pattern, topk_mask
 from tiny import FAMILIES, tiny_inputs, tiny_model
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import prunekit
-from prunekit.io import read_manifest
+from prunekit.runs.io import read_manifest
 from train_fixtures import sentiment_csv, tiny_bert_dir
 
 
@@ -101,7 +101,7 @@ def test_existing_output_and_bad_resume_are_refused(tmp_path):
 
 
 def test_killed_pipeline_resumes_to_the_same_model(tmp_path):
-    from prunekit.pipeline import partial_dir, run_recipe
+    from prunekit.pipelines.prune import partial_dir, run_recipe
     from prunekit.recipe import load_recipe
     from prunekit.train import loop
 

@@ -22,10 +22,10 @@ from transformers import (
     RobertaConfig,
 )
 
-from prunekit.compact import check_equal, compact
+from prunekit.compact.remove import check_equal, compact
+from prunekit.compact.structure import structure
 from prunekit.masks import LayerMask, MaskSet, element_masks, merge
 from prunekit.patterns import block_scores, expand_blocks, kept_count, nm_mask, nm_project, topk_mask
-from prunekit.structure import structure
 from prunekit.topology import get_module, weight_view
 from tiny import FAMILIES
 
@@ -82,7 +82,7 @@ def test_nm_projection_is_optimal(m, data, rows, groups, seed, ties):
 def test_nm_partial_tail_is_refused_or_kept_dense(m, tail, seed):
     tail = tail % m or 1
     w = _matrix(2, m * 2 + tail, seed, False)
-    from prunekit.errors import UsageError
+    from prunekit.core.errors import UsageError
 
     with pytest.raises(UsageError, match=f"divisible by {m}"):
         nm_mask(w, 1, m)
@@ -152,7 +152,7 @@ def test_block_scores_and_expansion(b0, b1, r, c, seed):
     seed=st.integers(0, 100),
 )
 def test_magnitude_block_masks_are_whole_top_tiles(block, sparsity, scope, seed):
-    from prunekit.methods.magnitude import magnitude_masks
+    from prunekit.importance.magnitude import magnitude_masks
 
     model = _model("bert", layers=2, heads=4, kv=4, head_dim=8, ffn=48, seed=seed)
     masks = magnitude_masks(model, pattern=f"{block[0]}x{block[1]}", sparsity=sparsity, scope=scope)
@@ -310,7 +310,7 @@ def test_merge_keeps_a_unit_only_if_every_set_keeps_it(data, seed):
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 64), t=st.floats(-15.0, 15.0, allow_nan=False), seed=st.integers(0, 10**6), ties=st.booleans())
 def test_mlpruning_binariser_keeps_ceil_sigmoid_t_times_n(n, t, seed, ties):
-    mlp = pytest.importorskip("prunekit.methods.mlpruning")
+    mlp = pytest.importorskip("prunekit.methods.mlpruning.method")
     scores = _matrix(1, n, seed, ties).flatten().requires_grad_()
     threshold = torch.tensor(float(t), requires_grad=True)
     mask = mlp.TopKBinarizer.apply(scores, threshold)
@@ -338,7 +338,7 @@ def similarity_matrices(draw):
 @settings(max_examples=150, deadline=None)
 @given(s=similarity_matrices())
 def test_neuroprune_dominating_set(s):
-    heads = pytest.importorskip("prunekit.methods.heads")
+    heads = pytest.importorskip("prunekit.methods.neuroprune.heads")
     dom = heads.dominators(s)
     kept = set(dom)
     n = s.shape[0]

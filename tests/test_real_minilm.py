@@ -10,8 +10,8 @@ import torch
 import prunekit
 from prunekit.api import magnitude_prune
 from prunekit.catalog import load_model
-from prunekit.compact import check_equal, compact
-from prunekit.export import export_onnx
+from prunekit.compact.remove import check_equal, compact
+from prunekit.runs.export import export_onnx
 from prunekit.topology import describe
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import prunekit
 from prunekit.api import magnitude_prune
 from prunekit.catalog import load_model
 from prunekit.catalog.models import resolve_model
-from prunekit.compact import check_equal, compact
+from prunekit.compact.remove import check_equal, compact
 from prunekit.topology import describe
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.recipe import apply_overrides, load_recipe, parse_recipe
 
 

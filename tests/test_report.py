@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from prunekit.errors import UsageError
-from prunekit.io import MANIFEST, LayerEntry, Manifest
+from prunekit.core.errors import UsageError
 from prunekit.report import compare, format_table, read_metrics_log, run_row, write_report
 from prunekit.report.compare import _plot_points
 from prunekit.report.run import main_metric
+from prunekit.runs.io import MANIFEST, LayerEntry, Manifest
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from prunekit.errors import UsageError
-from prunekit.rundir import check_target, claim, lock_path, locked, remove_leftovers
+from prunekit.core.errors import UsageError
+from prunekit.runs.directory import check_target, claim, lock_path, locked, remove_leftovers
 from train_fixtures import sentiment_csv, tiny_bert_dir
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

@@ -15,8 +15,8 @@ import pytest
 import prunekit
 from prunekit import cli
 from prunekit.catalog import load_model
-from prunekit.errors import UsageError
-from prunekit.io import fingerprint
+from prunekit.core.errors import UsageError
+from prunekit.runs.io import fingerprint
 from train_fixtures import sentiment_csv, tiny_bert_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "prunekit"
@@ -266,7 +266,7 @@ def test_manifest_cannot_point_bench_at_other_models(value, run, tmp_path, capsy
 def test_catalog_names_in_manifests_are_names_not_paths(run, tmp_path, monkeypatch):
     """A folder in the working directory named like a catalog model is not what a manifest's name means."""
     from prunekit.api import _recorded_model
-    from prunekit.io import read_manifest
+    from prunekit.runs.io import read_manifest
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "minilm-l6").mkdir()

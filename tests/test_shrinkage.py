@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunekit.methods.base import create_method
-from prunekit.methods.neuroprune import group_weights
-from prunekit.methods.shrinkage import ShrinkConfig, ShrinkState, mean_one, soft_threshold_
+from prunekit.methods.baselines.shrinkage import ShrinkConfig, ShrinkState, mean_one, soft_threshold_
+from prunekit.methods.neuroprune.method import group_weights
 from prunekit.topology import describe, get_module, weight_view
 from tiny import tiny_model
 

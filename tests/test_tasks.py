@@ -12,7 +12,7 @@ import pytest
 import torch
 from rouge_score import rouge_scorer
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.tasks import (
     IGNORE_INDEX,
     TASK_KINDS,

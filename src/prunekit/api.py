@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.masks import MaskSet, masks_from_zeros, merge, sparsity_report
 from prunekit.patterns import check_sparsity, parse_pattern
-from prunekit.rundir import check_target, check_writable
+from prunekit.runs.directory import check_target, check_writable
 
 
 def parse_prune_spec(spec: str) -> tuple[str, float | None]:
@@ -46,7 +46,7 @@ def load_source(
     A task head the checkpoint lacks is initialised from `seed` (the global RNG is left as it was): unseeded, the
     same recipe started from a different head in every process and its results did not reproduce."""
     from prunekit.catalog import load_model
-    from prunekit.io import MANIFEST, load, read_manifest
+    from prunekit.runs.io import MANIFEST, load, read_manifest
 
     if (Path(source) / MANIFEST).exists():
         # a training source: plain linears (checks the tokenizer against the embedding)
@@ -79,7 +79,7 @@ def check_keeps_attention(model: nn.Module, masks: MaskSet | None) -> None:
 
 
 def magnitude_prune(model: nn.Module, specs: list[str], scope: str = "global") -> MaskSet:
-    from prunekit.methods.magnitude import magnitude_masks
+    from prunekit.importance.magnitude import magnitude_masks
 
     if not specs:
         raise UsageError("nothing to prune: give at least one --prune, e.g. --prune heads=0.5")
@@ -105,8 +105,8 @@ def compact_source(
     """Prune by magnitude (if asked) and physically remove what is pruned; save a run directory.
 
     Without `prune`, removes structure that is already zero (e.g. a run that masked in place)."""
-    from prunekit.compact import compact
-    from prunekit.io import save
+    from prunekit.compact.remove import compact
+    from prunekit.runs.io import save
 
     inputs = [source] if Path(source).expanduser().exists() else []
     check_writable(Path(out_dir))
@@ -120,7 +120,7 @@ def compact_source(
     mask_report = sparsity_report(model, masks)
     with torch.no_grad():
         compact(model, masks)
-    from prunekit.pipeline import source_fingerprint
+    from prunekit.pipelines.prune import source_fingerprint
 
     source_model = manifest.source_model if manifest else source
     save(
@@ -162,12 +162,12 @@ def _summary(report: dict) -> dict:
 def reference_for(run_dir: str) -> nn.Module:
     """The dense model a run started from, with the same head, for side-by-side measurements."""
     from prunekit.catalog import load_model
-    from prunekit.io import read_manifest
+    from prunekit.runs.io import read_manifest
 
     manifest = read_manifest(run_dir)
     if not manifest.source_model:
         raise UsageError(f"'{run_dir}' records no source model: pass --reference MODEL")
-    from prunekit.io import load
+    from prunekit.runs.io import load
 
     source = _recorded_model(run_dir, manifest)
     pruned = load(run_dir)
@@ -180,7 +180,7 @@ def _recorded_model(run_dir: str, manifest) -> str:
     """The manifest's source model: a catalog name or hub id as is; a folder only if it still has the recorded
     fingerprint (a manifest cannot point prunekit at other paths, '../..' or absolute)."""
     from prunekit.catalog.models import MODELS
-    from prunekit.io import recorded_path
+    from prunekit.runs.io import recorded_path
 
     name = manifest.source_model
     if name in MODELS or not _looks_like_path(name):
@@ -199,7 +199,7 @@ def _recorded_data(run_dir: str, manifest, d: dict) -> tuple[str, str | None]:
     """(dataset, data_dir) of the run's own split, made safe: a catalog name as is (its data_dir only if the
     files there match the recorded checksums), a file or folder only with the recorded fingerprint."""
     from prunekit.catalog.datasets import DATASETS
-    from prunekit.io import recorded_path
+    from prunekit.runs.io import recorded_path
 
     info = manifest.task or {}
     split = manifest.split or {}
@@ -232,7 +232,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Metrics of a run's model on its own split (re-made from the manifest's split recipe) or on a user file.
     `task` names the task kind for a run that records none (a `compact` of a plain model); it needs `data`."""
-    from prunekit.io import load, read_manifest
+    from prunekit.runs.io import load, read_manifest
     from prunekit.tasks import evaluation_data, get_task, load_data
 
     if batch_size < 1:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.topology import Topology, describe, family_of, get_module, linear_shape
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ def _maxrss_kb() -> int:
 
 def _load_source(source: str | Path | Callable[[], nn.Module], device: str | torch.device = "cpu") -> nn.Module:
     if isinstance(source, str | Path):
-        from prunekit.io import load
+        from prunekit.runs.io import load
 
         return load(source, device=device)
     return source().to(device)
@@ -307,7 +307,7 @@ def _save_quietly(model: nn.Module, out: Path) -> Path:
     """A run directory for the child to load, without a progress bar in the benchmark's output."""
     from transformers.utils import logging as hf_logging
 
-    from prunekit.io import save
+    from prunekit.runs.io import save
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -455,7 +455,7 @@ def bench(
 def _notes(patterns: dict[str, str] | None, device: str | torch.device) -> list[str]:
     """What a reader of the numbers must know: N:M zeros are multiplied like any weight on most devices."""
     from prunekit.kernels.semi_structured import nm_speedup_note, semi_structured_available
-    from prunekit.nm_storage import has_nm
+    from prunekit.runs.nm_storage import has_nm
 
     if has_nm(patterns) and not semi_structured_available(device):
         return [nm_speedup_note(device)]

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prunekit.errors import DISK_FULL_FIX, Interrupted, PrunekitError, UsageError, is_disk_full
+from prunekit.core.errors import DISK_FULL_FIX, Interrupted, PrunekitError, UsageError, is_disk_full
 
 app = typer.Typer(
     add_completion=False,
@@ -175,7 +175,7 @@ def bench(
     from prunekit import bench as bm
     from prunekit.api import reference_for
     from prunekit.catalog import load_model
-    from prunekit.io import load, read_manifest
+    from prunekit.runs.io import load, read_manifest
 
     model = load(run_dir)
     if reference:
@@ -234,8 +234,8 @@ def export(
     """Export a run's model (ONNX, checked against PyTorch with onnxruntime)."""
     from pathlib import Path
 
-    from prunekit.export import export_onnx
-    from prunekit.io import load
+    from prunekit.runs.export import export_onnx
+    from prunekit.runs.io import load
 
     if format != "onnx":
         raise UsageError(f"unknown export format '{format}': use onnx")
@@ -276,7 +276,7 @@ def _summary_table(summary: dict, main_metric: str, method: str | None = None) -
 
 
 def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_json: bool, inputs=()) -> dict:
-    from prunekit.pipeline import run_recipe
+    from prunekit.pipelines.prune import run_recipe
     from prunekit.tasks import get_task  # noqa: F401  (fail early if tasks are broken)
 
     summary = run_recipe(
@@ -293,7 +293,7 @@ def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_jso
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
     else:
-        from prunekit.io import read_manifest
+        from prunekit.runs.io import read_manifest
 
         manifest = read_manifest(summary["out_dir"])
         key = (manifest.task or {}).get("main_metric", "accuracy")
@@ -421,8 +421,8 @@ def demo_recipe_path():
 @app.command()
 def report(run_dir: Annotated[str, typer.Argument(help="Run directory.")]) -> None:
     """(Re)write a run's report.md and plots."""
-    from prunekit.io import verify_weights
     from prunekit.report import write_report
+    from prunekit.runs.io import verify_weights
 
     verify_weights(run_dir)  # a report of weights that are gone or damaged would describe a model that is not there
     typer.echo(f"wrote {write_report(run_dir)}")
@@ -443,7 +443,7 @@ def compare(
 ) -> None:
     """One table (quality, kept parameters, FLOPs, measured speedup, training time) and plot for several runs."""
     from prunekit import report as rp
-    from prunekit.io import verify_weights
+    from prunekit.runs.io import verify_weights
 
     if at is not None and at <= 0:
         raise UsageError(f"--at {at} is not a speedup: give a positive number, e.g. --at 2")
@@ -480,7 +480,7 @@ def search(
     """NAS structural pruning: train a weight-sharing super-network, search its Pareto set of sub-networks."""
     from pathlib import Path
 
-    from prunekit.nas.run import extract, run_search
+    from prunekit.pipelines.search import extract, run_search
     from prunekit.recipe import load_recipe
 
     r = load_recipe(recipe, overrides)
@@ -529,7 +529,7 @@ def extract_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Compact one Pareto point of a search into a run directory (evaluate / bench / export work on it)."""
-    from prunekit.nas.run import extract
+    from prunekit.pipelines.search import extract
 
     if finetune_epochs < 0:
         raise UsageError(f"--finetune-epochs {finetune_epochs} is negative: give 0 or more")

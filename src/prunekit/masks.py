@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.topology import Topology, describe, family_of, get_module, weight_view
 
 

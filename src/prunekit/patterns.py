@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 
 STRUCTURED = ("head", "neuron", "row", "layer")
 

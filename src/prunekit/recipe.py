@@ -13,9 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.methods.base import create_method, explain
-from prunekit.nas.config import SearchSpec
+from prunekit.methods.nas.config import SearchSpec
 from prunekit.train.config import TrainConfig
 
 

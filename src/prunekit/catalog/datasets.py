@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prunekit.catalog import rebuild as _rebuild
-from prunekit.errors import PrunekitError, UsageError
+from prunekit.core.errors import PrunekitError, UsageError
 
 if TYPE_CHECKING:
     import datasets

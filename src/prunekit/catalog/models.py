@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from prunekit.errors import PrunekitError, UsageError
+from prunekit.core.errors import PrunekitError, UsageError
 
 TASK_HEADS = ("sequence-classification", "question-answering", "causal-lm", "base")
 

@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prunekit.errors import PrunekitError, UsageError
+from prunekit.core.errors import PrunekitError, UsageError
 
 
 class Archive:

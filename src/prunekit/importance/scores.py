@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit.errors import UsageError
-from prunekit.nas.gates import GateHooks
+from prunekit.core.errors import UsageError
+from prunekit.importance.gates import GateHooks
 from prunekit.topology import Topology, describe, get_module, weight_view
 
 CRITERIA = ("magnitude", "taylor", "fisher", "activation")

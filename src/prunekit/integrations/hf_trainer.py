@@ -20,8 +20,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from prunekit.compact import compact
-from prunekit.errors import UsageError
+from prunekit.compact.remove import compact
+from prunekit.core.errors import UsageError
 from prunekit.methods.base import Method
 from prunekit.topology import describe
 from prunekit.train.distill import (

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 
 Backend = Literal["gather", "runs", "bsr"]
 BLOCK_CANDIDATES = (64, 32, 16, 8)
@@ -285,7 +285,7 @@ class BlockSparseLinear(nn.Linear):
 
     def to_linear(self) -> nn.Linear:
         """The plain module again (sharing the parameters)."""
-        from prunekit.pruned_modules import ScatterLinear
+        from prunekit.compact.modules import ScatterLinear
 
         if hasattr(self, "out_index"):
             new = ScatterLinear(self.in_features, self.out_features, self.full_features, bias=self.bias is not None)

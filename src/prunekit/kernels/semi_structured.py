@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.topology import get_module
 
 NO_SPEEDUP = (
@@ -45,7 +45,7 @@ def nm_speedup_note(device: str | torch.device | None = None) -> str:
 
 
 def _is_2_4(weight: torch.Tensor) -> bool:
-    from prunekit.nm_storage import is_nm
+    from prunekit.runs.nm_storage import is_nm
 
     return weight.dim() == 2 and weight.shape[1] % 4 == 0 and is_nm(weight, 2, 4)
 

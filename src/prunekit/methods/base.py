@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.masks import MaskSet, zero_masked
 from prunekit.patterns import check_block, nm_mask, parse_pattern
 from prunekit.topology import Topology, describe, get_module, linear_shape
@@ -168,7 +168,7 @@ def _load_builtin() -> None:
         folder = os.path.join(entry, "prunekit", "methods") if isinstance(entry, str) else ""
         if folder and os.path.isdir(folder) and not any(os.path.samefile(folder, p) for p in package.__path__):
             package.__path__.append(folder)
-    for info in pkgutil.iter_modules(package.__path__, prefix=f"{package.__name__}."):
+    for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
         if info.name in _LOADED or info.name == __name__:
             continue
         _LOADED.add(info.name)

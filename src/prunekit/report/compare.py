@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.methods.base import is_baseline
 from prunekit.report.markdown import table
 from prunekit.report.run import (

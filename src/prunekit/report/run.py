@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunekit.io import read_manifest
+from prunekit.runs.io import read_manifest
 
 METRICS_LOG = "metrics.jsonl"
 # keys that locate a record rather than measure something

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.tasks.base import IGNORE_INDEX, PadCollator, Task
 from prunekit.tasks.classification import ClassificationTask
 from prunekit.tasks.data import TASK_KINDS, evaluation_data, infer_task, load_data

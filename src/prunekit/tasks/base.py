@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 
 if TYPE_CHECKING:
     import datasets

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 
 MIN_SPLIT_ROWS = 1
 MIN_CLASSES = 2

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.tasks.base import (
     PadCollator,
     Task,

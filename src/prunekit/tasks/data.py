@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from prunekit.catalog import datasets as catalog
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.tasks.checks import check_classes, check_eval_rows, check_split_sizes
 from prunekit.tasks.files import SPLIT_NAMES, Columns, read_parts
 

@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 
 SPLIT_NAMES = {
     "train": "train",

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.tasks.base import (
     PadCollator,
     Task,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 from prunekit.tasks.base import (
     IGNORE_INDEX,
     PadCollator,

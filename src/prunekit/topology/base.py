@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 
 
 def is_conv1d(module: nn.Module) -> bool:

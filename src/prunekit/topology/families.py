@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit.errors import UsageError
-from prunekit.pruned_modules import EmptyAttention, PassThrough, ZeroSublayer
+from prunekit.compact.modules import EmptyAttention, PassThrough, ZeroSublayer
+from prunekit.core.errors import UsageError
 from prunekit.topology.base import AttentionSpec, BlockSpec, FFNSpec, Topology, linear_shape
 
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from prunekit.errors import PrunekitError
-from prunekit.io import sha256_file
+from prunekit.core.errors import PrunekitError
+from prunekit.runs.io import sha256_file
 
 PREFIX = "step-"
 MARKER = "COMPLETE"

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from prunekit.errors import UsageError
+from prunekit.core.errors import UsageError
 
 
 class DistillConfig(BaseModel):

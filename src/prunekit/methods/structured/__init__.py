@@ -17,9 +17,9 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from prunekit.importance import UnitScores, unit_masks, unit_scores
+from prunekit.importance.magnitude import check_scope
 from prunekit.masks import MaskSet
 from prunekit.methods.base import Method, MethodConfig, register
-from prunekit.methods.magnitude import check_scope
 from prunekit.topology import describe
 
 

@@ -1,0 +1,139 @@
+"""Per-layer shapes of a (possibly compacted) model: written into the manifest, read back to rebuild.
+
+A Hugging Face config describes one shape for all layers; a pruned model often has a different shape
+per layer. The manifest records each layer, and `rebuild` gives a freshly built model the same
+module shapes so its weights load strictly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunekit.compact.modules import EmptyAttention
+from prunekit.masks import LayerMask, MaskSet
+from prunekit.topology import describe, family_of, get_module
+from prunekit.topology.families import is_skipped
+
+_FFN_WIDTH_KEY = {
+    "bert": "intermediate_size",
+    "mpnet": "intermediate_size",
+    "llama": "intermediate_size",
+    "distilbert": "hidden_dim",
+    "gpt2": "n_inner",
+}
+
+
+def _rows_kept(module: nn.Module) -> int | None:
+    index = getattr(module, "out_index", None)
+    return int(index.numel()) if index is not None else None
+
+
+def structure(model: nn.Module) -> list[dict]:
+    topo = describe(model)
+    fam = family_of(model)
+    layers = []
+    for b in topo.blocks:
+        block = get_module(model, b.name)
+        entry: dict = {"layer": b.index}
+        if b.attention is None:
+            entry.update(attention="dropped", heads=0, kv_heads=0)
+        else:
+            a = b.attention
+            empty = isinstance(get_module(model, a.core), EmptyAttention)
+            entry.update(
+                attention="empty" if empty else "kept",
+                heads=a.num_heads,
+                kv_heads=a.num_kv_heads,
+                attn_rows=_rows_kept(get_module(model, a.o)),
+            )
+        if b.ffn is None or is_skipped(block, fam.skip_ffn):
+            entry.update(ffn="dropped", ffn_width=0)
+        else:
+            entry.update(ffn="kept", ffn_width=b.ffn.width, ffn_rows=_rows_kept(get_module(model, b.ffn.output)))
+        layers.append(entry)
+    return layers
+
+
+def _prefix(n: int, k: int) -> torch.Tensor:
+    m = torch.zeros(n, dtype=torch.bool)
+    m[:k] = True
+    return m
+
+
+def structure_masks(model: nn.Module, layers: list[dict]) -> MaskSet:
+    """Masks that give a dense model the recorded shapes (which units does not matter: weights follow)."""
+    topo = describe(model)
+    if len(layers) != topo.num_layers:
+        raise ValueError(f"manifest describes {len(layers)} layers, the model config has {topo.num_layers}")
+    masks = MaskSet()
+    d = topo.hidden_size
+    for entry, b in zip(layers, topo.blocks, strict=True):
+        lm = LayerMask()
+        a = b.attention
+        if entry["attention"] == "dropped":
+            lm.drop_attention = True
+        elif a is not None:
+            group = a.num_heads // a.num_kv_heads
+            kv, h = entry["kv_heads"], entry["heads"]
+            per = h // kv if kv else 0
+            lm.heads = torch.stack(
+                [_prefix(group, per) if g < kv else _prefix(group, 0) for g in range(a.num_kv_heads)]
+            ).flatten()
+            if entry.get("attn_rows") is not None:
+                lm.attn_rows = _prefix(d, entry["attn_rows"])
+        if entry["ffn"] == "dropped":
+            lm.drop_ffn = True
+        elif b.ffn is not None:
+            lm.neurons = _prefix(b.ffn.width, entry["ffn_width"])
+            if entry.get("ffn_rows") is not None:
+                lm.ffn_rows = _prefix(d, entry["ffn_rows"])
+        masks.layers[b.index] = lm
+    return masks
+
+
+def rebuild(model: nn.Module, layers: list[dict]) -> nn.Module:
+    from prunekit.compact.remove import compact
+
+    return compact(model, structure_masks(model, layers))
+
+
+def uniform_config_update(model: nn.Module) -> dict:
+    """Config fields that describe the compacted shapes, when every block has the same shape."""
+    layers = structure(model)
+    fam = family_of(model)
+    widths = {e["ffn_width"] for e in layers if e["ffn"] == "kept"}
+    update: dict = {}
+    if len(widths) == 1:
+        update[_FFN_WIDTH_KEY[fam.name]] = widths.pop()
+    heads = {(e["heads"], e["kv_heads"]) for e in layers if e["attention"] == "kept"}
+    if fam.name == "llama" and len(heads) == 1:
+        h, kv = heads.pop()
+        update.update(
+            num_attention_heads=h,
+            num_key_value_heads=kv,
+            head_dim=next(
+                b.attention.head_dim for b in describe(model).blocks if b.attention and b.attention.num_heads
+            ),
+        )
+    return update
+
+
+def plain_loadable(model: nn.Module) -> bool:
+    """Whether `AutoModel*.from_pretrained` alone rebuilds these shapes (config fields say it all)."""
+    layers = structure(model)
+    fam = family_of(model)
+    cfg = model.config
+    if any(
+        e["attention"] != "kept"
+        or e["ffn"] != "kept"
+        or e.get("attn_rows") is not None
+        or e.get("ffn_rows") is not None
+        for e in layers
+    ):
+        return False
+    if len({e["ffn_width"] for e in layers}) != 1 or len({(e["heads"], e["kv_heads"]) for e in layers}) != 1:
+        return False
+    heads = layers[0]["heads"]
+    config_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None)
+    return fam.name == "llama" or heads == config_heads

@@ -1,0 +1,277 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or not to prune"), driven by the trainer.
+
+Dense warm-up until `start` (a fraction of the run's optimizer steps), then the masks are recomputed
+from the current weights every `update_every` steps at the cubic schedule's sparsity until `end`, then
+masked fine-tuning with the final mask. Masked weights are zeroed after every step (enforce_masks), so
+a recomputed mask ranks them lowest and they stay pruned. The cubic schedule and its bookkeeping are
+shared with movement pruning (methods/movement.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from prunekit.core.errors import UsageError
+from prunekit.importance.magnitude import MagnitudeConfig, check_scope, magnitude_masks
+from prunekit.masks import LayerMask, MaskSet, element_masks, merge, zero_masked
+from prunekit.methods.base import Method, MethodConfig, check_patterns_fit, register
+from prunekit.patterns import check_sparsity, parse_pattern
+from prunekit.topology import Topology, get_module, weight_view
+
+
+def cubic_sparsity(
+    step: float, total_steps: int, final: float, initial: float = 0.0, start: float = 0.1, end: float = 0.7
+) -> float:
+    """Zhu & Gupta's s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))^3, with t0 = start * total and
+    t1 = end * total: prunes fast while many weights are redundant and slowly near the target, so the
+    network can recover. 0 before t0 (dense warm-up), s_f from t1 on."""
+    total = max(int(total_steps), 1)
+    t0, t1 = start * total, end * total
+    if step < t0:
+        return 0.0
+    if step >= t1 or t1 <= t0:
+        return float(final)
+    frac = (step - t0) / (t1 - t0)
+    return float(final + (initial - final) * (1.0 - frac) ** 3)
+
+
+def normalize_patterns(value: str | Sequence[str], allowed: Sequence[str]) -> list[str]:
+    """One pattern or a list of them, in canonical spelling; at most one fine-grained pattern, because two
+    of them on the same weights would each claim the whole sparsity budget."""
+    items = [value] if isinstance(value, str) else list(value)
+    if not items:
+        raise UsageError("pattern: give at least one pattern, e.g. unstructured, 2:4, 8x8, head or neuron")
+    out: list[str] = []
+    for item in items:
+        pattern = parse_pattern(item)
+        if pattern.kind not in allowed:
+            raise UsageError(f"pattern '{item}' is not supported by this method: use one of {', '.join(allowed)}")
+        if str(pattern) in out:
+            raise UsageError(f"pattern '{item}' is listed twice")
+        out.append(str(pattern))
+    if sum(parse_pattern(p).fine_grained for p in out) > 1:
+        raise UsageError(f"patterns {out}: combine at most one of unstructured, N:M and BxB (with head/neuron/row)")
+    return out
+
+
+class ScheduleConfig(MethodConfig):
+    """The cubic schedule's fields, shared by gradual magnitude and movement pruning."""
+
+    sparsity: float = 0.5  # final fraction removed (of weights, or of heads / neurons for those patterns)
+    initial_sparsity: float = 0.0  # s_i, reached at `start`
+    start: float = 0.1  # fraction of the optimizer steps trained dense before pruning starts
+    end: float = 0.7  # fraction of the steps at which the final sparsity is reached (then fine-tune masked)
+    update_every: int | None = Field(default=None, ge=1)  # steps between mask updates; None: the method's default
+
+    @field_validator("sparsity", "initial_sparsity")
+    @classmethod
+    def _sparsity(cls, v: float) -> float:
+        return check_sparsity(v)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("must be a fraction of the training steps, in [0, 1]")
+        return float(v)
+
+    @model_validator(mode="after")
+    def _order(self) -> ScheduleConfig:
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) must not come before start ({self.start})")
+        if self.initial_sparsity > self.sparsity:
+            raise ValueError(f"initial_sparsity ({self.initial_sparsity}) exceeds sparsity ({self.sparsity})")
+        return self
+
+
+class GradualSchedule:
+    """When masks are due: the first step at or after `start`, every `update_every` steps after the last
+    update, and once at the first step at or after `end`, after which the masks are frozen."""
+
+    def __init__(self, config: ScheduleConfig, default_every: Callable[[int], int]) -> None:
+        self.config = config
+        self.default_every = default_every
+        self.last_update: int | None = None
+        self.done = False
+
+    def every(self, total_steps: int) -> int:
+        return self.config.update_every or max(1, self.default_every(max(int(total_steps), 1)))
+
+    def sparsity(self, step: int, total_steps: int) -> float:
+        c = self.config
+        return cubic_sparsity(step, total_steps, c.sparsity, c.initial_sparsity, c.start, c.end)
+
+    def due(self, step: int, total_steps: int) -> bool:
+        total = max(int(total_steps), 1)
+        if self.done or step < self.config.start * total:
+            return False
+        if self.last_update is None or step >= self.config.end * total:
+            return True
+        return step - self.last_update >= self.every(total)
+
+    def mark(self, step: int, total_steps: int) -> None:
+        self.last_update = step
+        self.done = step >= self.config.end * max(int(total_steps), 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_update": self.last_update, "done": self.done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_update = state["last_update"]
+        self.done = bool(state["done"])
+
+
+_LAYER_FIELDS = ("heads", "neurons", "attn_rows", "ffn_rows")
+
+
+def maskset_state(masks: MaskSet) -> dict[str, Any]:
+    """A MaskSet as plain dicts of CPU tensors: what a checkpoint (torch.load(weights_only=True)) can hold."""
+    layers = {}
+    for i, lm in masks.layers.items():
+        entry: dict[str, Any] = {f: getattr(lm, f).cpu().clone() for f in _LAYER_FIELDS if getattr(lm, f) is not None}
+        entry["drop_attention"], entry["drop_ffn"] = lm.drop_attention, lm.drop_ffn
+        layers[str(i)] = entry
+    return {
+        "layers": layers,
+        "weights": {k: v.cpu().clone() for k, v in masks.weights.items()},
+        "patterns": dict(masks.patterns),
+    }
+
+
+def maskset_from_state(state: dict[str, Any]) -> MaskSet:
+    masks = MaskSet()
+    for i, entry in state["layers"].items():
+        masks.layers[int(i)] = LayerMask(
+            **{f: entry[f].bool() for f in _LAYER_FIELDS if f in entry},
+            drop_attention=bool(entry.get("drop_attention", False)),
+            drop_ffn=bool(entry.get("drop_ffn", False)),
+        )
+    masks.weights = {k: v.bool() for k, v in state["weights"].items()}
+    masks.patterns = dict(state["patterns"])
+    return masks
+
+
+class GradualMagnitudeConfig(ScheduleConfig):
+    """`pattern`: unstructured | N:M (e.g. 2:4; fixed at `start`, `sparsity` does not apply) | BxB (e.g. 32x32)
+    | head | neuron | row, or a list of them (e.g. [head, neuron]), each pruned to the same sparsity."""
+
+    pattern: str | list[str] = Field(default="unstructured", validate_default=True)
+    scope: str = "global"  # global: one ranking over all layers; layer: per matrix (fine-grained) or per layer
+    pad_tail: bool = False  # N:M: keep a trailing partial group dense instead of refusing the shape
+    min_heads: int = Field(default=1, ge=0)  # never empty a layer's attention unless 0
+    min_neurons: int = Field(default=1, ge=0)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str | list[str]) -> list[str]:
+        return normalize_patterns(v, ("unstructured", "nm", "block", "head", "neuron", "row"))
+
+    _scope = field_validator("scope")(check_scope)
+
+
+@register
+class GradualMagnitude(Method):
+    """Zhu & Gupta gradual magnitude pruning at any pattern; masks are recomputed with magnitude_masks."""
+
+    name = "magnitude"
+    config_class = GradualMagnitudeConfig
+    is_baseline = True
+    config: GradualMagnitudeConfig
+
+    def __init__(self, config: GradualMagnitudeConfig | dict | None = None) -> None:
+        super().__init__(config)
+        # default: about 50 mask updates over the whole run (30 between the default start and end)
+        self.schedule = GradualSchedule(self.config, lambda total: total // 50)
+        self.sparsity = 0.0
+        self._masks: dict[str, MaskSet] = {}
+        self._merged: MaskSet | None = None
+        self._pruned: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def selectable(self, step: int, total_steps: int) -> bool:
+        return step >= self.config.end * total_steps  # masks final from `end` on
+
+    def check_model(self, model: nn.Module) -> None:
+        check_patterns_fit(model, self.config.pattern, self.config.pad_tail)
+
+    def attach(self, model: nn.Module, topo: Topology) -> None:
+        super().attach(model, topo)
+        for p in self.config.pattern:  # fail now, not after the warm-up, on shapes a pattern cannot take
+            if parse_pattern(p).fine_grained:
+                self._compute(p, 0.0)
+
+    def _compute(self, pattern: str, sparsity: float) -> MaskSet:
+        c = self.config
+        cfg = MagnitudeConfig(
+            pattern=pattern,
+            sparsity=sparsity,
+            scope=c.scope,
+            pad_tail=c.pad_tail,
+            min_heads=c.min_heads,
+            min_neurons=c.min_neurons,
+        )
+        return magnitude_masks(self.model, cfg, self.topo)
+
+    def _update(self, sparsity: float) -> None:
+        for p in self.config.pattern:
+            if parse_pattern(p).kind == "nm":
+                if p not in self._masks:  # N:M fixes its own sparsity: one mask, at `start`
+                    self._masks[p] = self._compute(p, 0.0)
+            else:
+                self._masks[p] = self._compute(p, sparsity)
+        self.sparsity = sparsity
+        self._merged = merge(*self._masks.values())
+        self._pruned = None
+
+    def on_step(self, step: int, total_steps: int) -> dict[str, float]:
+        if self.schedule.due(step, total_steps):
+            self._update(self.schedule.sparsity(step, total_steps))
+            self.schedule.mark(step, total_steps)
+        return {"sparsity": self.sparsity}
+
+    def masks(self) -> MaskSet | None:
+        return self._merged
+
+    @torch.no_grad()
+    def enforce_masks(self, model: nn.Module) -> None:
+        """Zero what the masks prune; the element masks are cached between updates (this runs every step)."""
+        if self._merged is None:
+            return
+        if self._pruned is None:
+            self._pruned = {}
+            for name, (w, b) in element_masks(model, self._merged, self.topo).items():
+                if not (bool(w.all()) and bool(b.all())):
+                    self._pruned[name] = (~w, ~b)
+        for name, (w, b) in self._pruned.items():
+            module = get_module(model, name)
+            weight_view(module).masked_fill_(w.to(module.weight.device), 0.0)
+            if getattr(module, "bias", None) is not None:
+                module.bias.masked_fill_(b.to(module.bias.device), 0.0)
+
+    def finalize(self, model: nn.Module) -> MaskSet | None:
+        """The final masks. A run stopped before `end` is cut to the final sparsity now, so the requested
+        sparsity always holds."""
+        if not self.schedule.done:
+            self.model = model
+            self._update(self.config.sparsity)
+            self.schedule.done = True
+        zero_masked(model, self._merged, self.topo)
+        return self._merged
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "schedule": self.schedule.state_dict(),
+            "sparsity": self.sparsity,
+            "masks": {p: maskset_state(m) for p, m in self._masks.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state["schedule"])
+        self.sparsity = float(state["sparsity"])
+        self._masks = {p: maskset_from_state(m) for p, m in state["masks"].items()}
+        self._merged = merge(*self._masks.values()) if self._masks else None
+        self._pruned = None

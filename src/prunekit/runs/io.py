@@ -1,0 +1,392 @@
+"""Run directories: save a (pruned) model with its manifest, load it back with its per-layer shapes.
+
+Layout (see ARCHITECTURE.md): model.safetensors, config.json, tokenizer files, prunekit.json. A model with
+N:M-sparse modules stores model.nm.safetensors (values + in-group indices, see nm_storage) instead of
+model.safetensors unless dense storage is asked for: smaller on disk, loaded only by `load`.
+Everything is written into a temporary sibling and renamed at the end, so a failed save leaves
+nothing behind. Weights are only read with safetensors: loading never unpickles. A manifest is validated
+before use, its weights checksum is checked on load, and a path it names (data file, source model) is only
+used when its fingerprint still matches the one recorded when prunekit wrote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from prunekit import __version__
+from prunekit.compact.structure import plain_loadable, rebuild, structure
+from prunekit.core.errors import DISK_FULL_FIX, PrunekitError, UsageError, is_disk_full  # noqa: F401 (re-exported)
+from prunekit.masks import sparsity_report
+from prunekit.runs.directory import MANIFEST, claim, remove_run
+
+WEIGHTS = "model.safetensors"
+MANIFEST_VERSION = 1
+Storage = Literal["auto", "dense"]
+
+
+class LayerEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    layer: int = Field(ge=0)
+    attention: Literal["kept", "empty", "dropped"]
+    heads: int = Field(ge=0)
+    kv_heads: int = Field(ge=0)
+    attn_rows: int | None = Field(None, ge=0)
+    ffn: Literal["kept", "dropped"]
+    ffn_width: int = Field(ge=0)
+    ffn_rows: int | None = Field(None, ge=0)
+
+
+class Manifest(BaseModel):
+    """The contract other code relies on; validated before anything in a run directory is used."""
+
+    model_config = ConfigDict(extra="allow")
+    manifest_version: int = MANIFEST_VERSION
+    prunekit_version: str
+    model_class: str
+    task_head: str
+    source_model: str | None = None
+    method: str | None = None
+    recipe: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
+    split: dict[str, Any] | None = None
+    structure: list[LayerEntry]
+    patterns: dict[str, str] = {}
+    sparsity: dict[str, Any] = {}
+    plain_loadable: bool
+    metrics: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
+    created: str = ""
+    weights_sha256: str | None = None  # of the weights file, checked on load
+    weights_format: Literal["dense", "nm"] = "dense"  # nm: N:M modules packed in model.nm.safetensors
+    source_fingerprint: str | None = None  # of source_model when it is a folder (see `fingerprint`)
+
+
+_HEAD_OF_CLASS = (
+    ("ForSequenceClassification", "sequence-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForCausalLM", "causal-lm"),
+)
+
+
+def task_head_of(model: nn.Module) -> str:
+    name = type(model).__name__
+    return next((head for suffix, head in _HEAD_OF_CLASS if name.endswith(suffix)), "base")
+
+
+@contextmanager
+def staged_dir(out_dir: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()):
+    """Yield a temporary sibling of `out_dir`; on success rename it into place, on failure remove it. OUT is
+    claimed first (rundir.claim: only a prunekit run is replaced, one writer at a time, a killed writer's
+    leftovers removed)."""
+    with claim(out_dir, overwrite=overwrite, inputs=inputs) as out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            yield tmp
+            remove_run(out)
+            os.replace(tmp, out)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, KeyboardInterrupt):
+                exc.add_note(f"nothing was written to '{out}'")
+            if is_disk_full(exc):
+                raise PrunekitError(f"no space left on the device while writing '{out}': {DISK_FULL_FIX}") from exc
+            raise
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(path: str | Path, *, max_files: int = 256, full_hash_limit: int = 16 << 20) -> str | None:
+    """What a manifest records of a path it names: '<size>:<sha256>' of a file; for a folder (a model or a saved
+    dataset), 'dir:' + a sha256 over its files' relative names, sizes and contents (files up to
+    `full_hash_limit` bytes; two levels deep). None for anything else or a folder of more than `max_files`."""
+    path = Path(path).expanduser()
+    try:
+        if path.is_file():
+            return f"{path.stat().st_size}:{sha256_file(path)}"
+        if not path.is_dir():
+            return None
+        found: list[Path] = []
+        for sub in (path, *sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))):
+            found += [f for f in sub.iterdir() if f.is_file() and not f.name.startswith(".")]
+            if len(found) > max_files:
+                return None
+        h = hashlib.sha256()
+        for f in sorted(found):
+            size = f.stat().st_size
+            h.update(f"{f.relative_to(path).as_posix()}\0{size}\0".encode())
+            h.update((sha256_file(f) if size <= full_hash_limit else "").encode())
+        return f"dir:{h.hexdigest()}"
+    except OSError:
+        return None
+
+
+def matches(path: str | Path, recorded: str) -> bool:
+    """Whether `path` still has the fingerprint `recorded` (a file's size is compared before it is hashed)."""
+    path = Path(path).expanduser()
+    try:
+        if recorded.startswith("dir:"):
+            return path.is_dir() and fingerprint(path) == recorded
+        size, _, digest = recorded.partition(":")
+        return path.is_file() and size.isdigit() and path.stat().st_size == int(size) and sha256_file(path) == digest
+    except OSError:
+        return False
+
+
+def recorded_path(run_dir: str | Path, value: str, recorded: str | None, *, what: str, fix: str) -> str:
+    """A path named by a run's manifest, safe to use: only when it still has the fingerprint prunekit recorded
+    when it wrote the manifest. A hand-edited or foreign manifest cannot point prunekit at anything else
+    (e.g. '../..' or an absolute path): the user names such a path on the command line instead."""
+    path = Path(value).expanduser()
+    manifest = Path(run_dir) / MANIFEST
+    if not path.exists():
+        raise UsageError(f"{what} '{value}' recorded in {manifest} does not exist here: {fix}")
+    if not isinstance(recorded, str) or not recorded:
+        raise UsageError(f"{manifest} names {what} '{value}' but records no checksum for it: {fix}")
+    if not matches(path, recorded):
+        raise UsageError(
+            f"{what} '{value}' does not match the checksum {manifest} recorded (changed since, or not the run's "
+            f"own): {fix}"
+        )
+    return str(path)
+
+
+def build_manifest(model: nn.Module, **fields: Any) -> Manifest:
+    fields.setdefault("sparsity", sparsity_report(model))
+    return Manifest(
+        prunekit_version=__version__,
+        model_class=type(model).__name__,
+        task_head=task_head_of(model),
+        structure=[LayerEntry(**e) for e in structure(model)],
+        plain_loadable=plain_loadable(model),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **fields,
+    )
+
+
+def write_model(
+    model: nn.Module, folder: Path, tokenizer=None, *, storage: Storage = "auto", **manifest_fields: Any
+) -> Manifest:
+    """Write model, tokenizer and manifest into an existing folder; the manifest last and atomically, so a
+    folder with a manifest holds a complete model. `storage`: "auto" packs N:M modules (the manifest's
+    `patterns`) into model.nm.safetensors, "dense" always writes plain model.safetensors."""
+    from prunekit.runs.nm_storage import NM_WEIGHTS, has_nm, save_nm_compressed
+    from prunekit.train.checkpoint import fault_point
+
+    manifest = build_manifest(model, **manifest_fields)
+    folder = Path(folder)
+    packed = storage == "auto" and has_nm(manifest.patterns)
+    if packed:
+        model.config.save_pretrained(folder)
+        if getattr(model, "generation_config", None) is not None and model.can_generate():
+            model.generation_config.save_pretrained(folder)
+        weights = save_nm_compressed(model, folder / NM_WEIGHTS, manifest.patterns)
+        manifest.weights_format, manifest.plain_loadable = "nm", False
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+        weights = folder / WEIGHTS
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    fault_point("save")
+    if weights.exists():
+        manifest.weights_sha256 = sha256_file(weights)
+        _readable(weights)
+    tmp = folder / f".{MANIFEST}.tmp"
+    tmp.write_text(manifest.model_dump_json(indent=2))
+    os.replace(tmp, folder / MANIFEST)
+    return manifest
+
+
+def _readable(path: Path) -> None:
+    """Weights written through a private temporary file (mode 0600) get the mode every other file of the run has."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def save(
+    model: nn.Module,
+    out_dir: str | Path,
+    tokenizer=None,
+    *,
+    overwrite: bool = False,
+    storage: Storage = "auto",
+    inputs: Iterable[str | Path | None] = (),
+    **manifest_fields: Any,
+) -> Path:
+    """Save a run directory atomically; refuses an existing directory unless `overwrite` (and then replaces only a
+    prunekit run, never a folder holding one of `inputs`)."""
+    with staged_dir(out_dir, overwrite, inputs) as tmp:
+        write_model(model, tmp, tokenizer, storage=storage, **manifest_fields)
+    return Path(out_dir)
+
+
+def verify_weights(run_dir: str | Path, manifest: Manifest | None = None) -> Path:
+    """The run's weights file, present and with the checksum its manifest recorded: a report or a comparison of a
+    run whose weights are gone or damaged would describe a model that no longer exists."""
+    from prunekit.runs.nm_storage import NM_WEIGHTS
+
+    run_dir = Path(run_dir)
+    manifest = manifest or read_manifest(run_dir)
+    weights = run_dir / (NM_WEIGHTS if manifest.weights_format == "nm" else WEIGHTS)
+    if not weights.exists():
+        raise UsageError(f"'{run_dir}' has no {weights.name}: the run did not finish; re-run it")
+    if manifest.weights_sha256 is not None and sha256_file(weights) != manifest.weights_sha256:
+        raise PrunekitError(
+            f"{weights} is corrupt or truncated (checksum differs from the manifest's); restore it or re-run the job"
+        )
+    return weights
+
+
+def read_manifest(run_dir: str | Path) -> Manifest:
+    path = Path(run_dir) / MANIFEST
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"run directory '{run_dir}' does not exist: give the folder `prunekit prune` wrote")
+    if not path.exists():
+        raise UsageError(f"'{run_dir}' has no {MANIFEST}: it is not a prunekit run directory")
+    try:
+        return Manifest.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PrunekitError(f"{path} is corrupt ({exc.__class__.__name__}): restore it or re-run the job") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise PrunekitError(f"{path} is invalid at '{where}': {first['msg']}; restore it or re-run the job") from exc
+
+
+def _model_class(name: str):
+    import transformers
+
+    cls = getattr(transformers, name, None)
+    if cls is None or not name.startswith(tuple(_supported_prefixes())):
+        raise PrunekitError(f"manifest names model class '{name}', which prunekit does not load")
+    return cls
+
+
+def _supported_prefixes() -> list[str]:
+    return [
+        "Bert",
+        "Roberta",
+        "XLMRoberta",
+        "Camembert",
+        "Electra",
+        "MPNet",
+        "DistilBert",
+        "Llama",
+        "Mistral",
+        "Qwen2",
+        "GPT2",
+    ]
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], problem: str, fix: str) -> nn.Module:
+    """Every key must match but the model's tied ones (stored once, re-tied here); else `problem`, the keys, `fix`."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise PrunekitError(f"{problem} (missing {missing[:3]}, unexpected {unexpected[:3]}); {fix}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return model
+
+
+BLOCK_SPARSE_MODES = ("auto", "always", "never")
+
+
+def repack_block_sparse(model: nn.Module, patterns: dict[str, str], *, always: bool = False) -> int:
+    """Pack the matrices whose pattern is a square block (`32x32`) where the kernel wins; returns how many."""
+    from prunekit.kernels import pack_block_sparse
+    from prunekit.patterns import parse_pattern
+
+    by_block: dict[int, list[str]] = {}
+    for name, text in patterns.items():
+        try:
+            p = parse_pattern(text)
+        except UsageError:
+            continue
+        if p.kind == "block" and p.block[0] == p.block[1]:
+            by_block.setdefault(p.block[0], []).append(name)
+    return sum(pack_block_sparse(model, names=n, block=b, always=always)["packed"] for b, n in by_block.items())
+
+
+def load(
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    with_tokenizer: bool = False,
+    block_sparse: str = "auto",
+):
+    """Rebuild the saved model with its per-layer shapes and load its weights (strict). Matrices saved block-pruned
+    (a `BxB` pattern in the manifest: MLPruning's step 2) go back into the block-sparse kernel where it is timed
+    faster than dense on this device (`block_sparse: auto`; training's decision was for its own machine), into it
+    regardless (`always`), or stay plain linears (`never`)."""
+    from transformers import AutoConfig
+
+    if block_sparse not in BLOCK_SPARSE_MODES:
+        raise UsageError(f"block_sparse '{block_sparse}' is not one of {', '.join(BLOCK_SPARSE_MODES)}")
+    run_dir = Path(run_dir)
+    from prunekit.runs.nm_storage import decompress_state, read_nm_file
+
+    manifest = read_manifest(run_dir)
+    weights = verify_weights(run_dir, manifest)
+    try:
+        state = decompress_state(*read_nm_file(weights)) if manifest.weights_format == "nm" else load_file(weights)
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise PrunekitError(f"{weights} is corrupt or truncated ({exc}); restore it or re-run the job") from exc
+    if not (run_dir / "config.json").is_file():
+        raise UsageError(
+            f"'{run_dir}' has no config.json: the run directory is incomplete; restore it or re-run the job"
+        )
+    try:
+        config = AutoConfig.from_pretrained(run_dir, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise PrunekitError(
+            f"{run_dir / 'config.json'} is corrupt ({str(exc).strip().splitlines()[0]}); restore it or re-run the job"
+        ) from exc
+    model = _model_class(manifest.model_class)(config)
+    layers = [e.model_dump() for e in manifest.structure]
+    try:
+        rebuild(model, layers)
+    except (ValueError, RuntimeError, UsageError) as exc:
+        raise PrunekitError(
+            f"{run_dir / MANIFEST} does not describe this model ({exc}); restore it or re-run the job"
+        ) from exc
+    if [LayerEntry(**e).model_dump() for e in structure(model)] != layers:
+        raise PrunekitError(
+            f"{run_dir / MANIFEST}'s per-layer structure is not one this model can have; restore it or re-run the job"
+        )
+    fix = "restore the run directory or re-run the job"
+    load_state_strict(model, state, f"{weights} does not match its manifest", fix)
+    model.to(device).eval()
+    if block_sparse != "never":
+        repack_block_sparse(model, manifest.patterns, always=block_sparse == "always")
+    if with_tokenizer:
+        from prunekit.catalog.models import _load_tokenizer, check_tokenizer
+
+        tokenizer = _load_tokenizer(str(run_dir), str(run_dir), trust_remote_code=False)
+        check_tokenizer(model, tokenizer, str(run_dir))
+        return model, tokenizer
+    return model
