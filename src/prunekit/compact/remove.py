@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from prunekit.compact.modules import EmptyAttention, PrunedConv1D, ScatterConv1D, ScatterLinear
+from prunekit.compact.structure import structure_masks, uniform_config_update
 from prunekit.core.errors import UsageError
 from prunekit.masks import LayerMask, MaskSet, apply_masks, kv_heads_kept, zero_masked
 from prunekit.topology import Topology, describe, family_of, get_module, weight_view
@@ -196,10 +197,13 @@ def compact(model: nn.Module, masks: MaskSet, topo: Topology | None = None) -> n
     return model
 
 
+def rebuild(model: nn.Module, layers: list[dict]) -> nn.Module:
+    """A freshly built model given the per-layer shapes a manifest recorded (`structure`)."""
+    return compact(model, structure_masks(model, layers))
+
+
 def sync_config(model: nn.Module) -> None:
     """Where every block has the same shape, write it into the config so plain from_pretrained works."""
-    from prunekit.compact.structure import uniform_config_update
-
     for key, value in uniform_config_update(model).items():
         setattr(model.config, key, value)
 

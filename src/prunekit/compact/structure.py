@@ -92,12 +92,6 @@ def structure_masks(model: nn.Module, layers: list[dict]) -> MaskSet:
     return masks
 
 
-def rebuild(model: nn.Module, layers: list[dict]) -> nn.Module:
-    from prunekit.compact.remove import compact
-
-    return compact(model, structure_masks(model, layers))
-
-
 def uniform_config_update(model: nn.Module) -> dict:
     """Config fields that describe the compacted shapes, when every block has the same shape."""
     layers = structure(model)

@@ -28,7 +28,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from prunekit import __version__
-from prunekit.compact.structure import plain_loadable, rebuild, structure
+from prunekit.compact.remove import rebuild
+from prunekit.compact.structure import plain_loadable, structure
 from prunekit.core.errors import DISK_FULL_FIX, PrunekitError, UsageError, is_disk_full  # noqa: F401 (re-exported)
 from prunekit.masks import sparsity_report
 from prunekit.runs.directory import MANIFEST, claim, remove_run
