@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from prunekit.api import load_source
-from prunekit.methods.neuroprune import edge_counts, ffn_matrices
+from prunekit.methods.neuroprune.method import edge_counts, ffn_matrices
 from prunekit.topology import describe
 
 

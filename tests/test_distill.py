@@ -234,12 +234,12 @@ def test_hidden_norm_auto_is_relative_for_pre_norm_families_only():
 
 
 def test_the_pipeline_resolves_hidden_norm_for_the_student():
-    from prunekit.pipelines.prune import _teacher
+    from prunekit.pipelines.stages import load_teacher
     from prunekit.recipe import Recipe
 
     recipe = Recipe(distill={"teacher": "dense", "hidden_weight": 1.0})
     for family, expected in (("llama", "teacher"), ("bert", "none")):
-        teacher, cfg = _teacher(recipe, tiny_model(family), None)
+        teacher, cfg = load_teacher(recipe, tiny_model(family), None)
         assert cfg.hidden_norm == expected and teacher is not None
     explicit = Recipe(distill={"teacher": "dense", "hidden_weight": 1.0, "hidden_norm": "none"})
-    assert _teacher(explicit, tiny_model("llama"), None)[1].hidden_norm == "none"
+    assert load_teacher(explicit, tiny_model("llama"), None)[1].hidden_norm == "none"

@@ -83,3 +83,18 @@ def test_a_method_folder_is_found_run_and_compared(tmp_path):
     probe = "from prunekit.methods.base import is_baseline as b; print(b('random_heads'), b('magnitude'))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
     assert out.split() == ["False", "True"]  # `compare --at` names it as a method, magnitude as a baseline
+
+
+def test_a_second_prunekit_checkout_on_the_path_is_not_loaded_as_methods(tmp_path):
+    """Only folders of methods register: another prunekit installation on sys.path (a second checkout, an older
+    version) is not imported into this one, whose modules would clash with it."""
+    other = tmp_path / "other"
+    broken = other / "prunekit" / "methods" / "old_layout"
+    broken.mkdir(parents=True)
+    (other / "prunekit" / "__init__.py").write_text("")
+    (other / "prunekit" / "methods" / "__init__.py").write_text("")
+    (broken / "__init__.py").write_text("raise ImportError('an older prunekit was loaded')\n")
+    probe = "import sys; sys.path.append(sys.argv[1]); from prunekit.methods.base import method_names as m; print(m())"
+    proc = subprocess.run([sys.executable, "-c", probe, str(other)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "neuroprune" in proc.stdout and "old_layout" not in proc.stdout

@@ -19,6 +19,7 @@ from prunekit.methods.nas.cost import compacted_copy, subnet_flops, subnet_param
 from prunekit.methods.nas.pareto import dominates, hypervolume, nondominated_ranks, pareto_mask
 from prunekit.methods.nas.space import SPACES, LayerShape, MediumSpace, make_space
 from prunekit.topology import describe
+from prunekit.topology.families import Family
 from tiny import FAMILIES, tiny_inputs, tiny_model
 
 
@@ -222,7 +223,7 @@ def test_mpnet_permutation_needs_the_position_bias_index(monkeypatch):
     topo = describe(model)
     x = tiny_inputs("mpnet")
     ref = _logits(model, x)
-    monkeypatch.setattr(reorder, "_mpnet_index", lambda core, perm: None)
+    monkeypatch.setattr(Family, "heads_kept", lambda self, core, kept, permutation=False: None)
     reorder.permute(model, topo, reorder.order_from_scores(topo, *_scores(topo)))
     assert (_logits(model, x) - ref).abs().max() > 1e-3
 
@@ -299,26 +300,28 @@ def _toy_problem():
 
 @pytest.mark.parametrize("searcher", ["random", "local", "morea", "nsga2"])
 def test_searchers_spend_the_budget_on_distinct_valid_configurations(searcher):
-    from prunekit.methods.nas.search import front, run_search
+    from prunekit.methods.nas.search import front, multi_objective_search
 
     space, problem = _toy_problem()
     initial = space.initial(["full", "smallest", "midpoint"])
-    evals = run_search(searcher, space, problem, budget=30, seed=0, initial=initial)
+    evals = multi_objective_search(searcher, space, problem, budget=30, seed=0, initial=initial)
     configs = [e.config for e in evals]
     assert len(configs) == len(set(configs)) and 25 <= len(configs) <= 30
     assert configs[:3] == initial and all(space.contains(c) for c in configs)
     f = front(evals)
     assert f and all(not any(dominates(o.objectives, e.objectives) for o in evals) for e in f)
-    again = run_search(searcher, space, _toy_problem()[1], budget=30, seed=0, initial=initial)
+    again = multi_objective_search(searcher, space, _toy_problem()[1], budget=30, seed=0, initial=initial)
     assert [e.config for e in again] == configs  # seeded
 
 
 def test_local_search_and_morea_propose_neighbours():
-    from prunekit.methods.nas.search import run_search
+    from prunekit.methods.nas.search import multi_objective_search
 
     for searcher in ("local", "morea"):
         space, problem = _toy_problem()
-        evals = run_search(searcher, space, problem, budget=25, seed=1, initial=space.initial(["full", "smallest"]))
+        evals = multi_objective_search(
+            searcher, space, problem, budget=25, seed=1, initial=space.initial(["full", "smallest"])
+        )
         start = 12 if searcher == "morea" else 2  # MO-REA fills its population (10) with samples first
         near = [
             any(sum(a != b for a, b in zip(e.config, o.config, strict=True)) == 1 for o in evals[:i])
@@ -328,24 +331,24 @@ def test_local_search_and_morea_propose_neighbours():
 
 
 def test_budget_larger_than_the_space_stops():
-    from prunekit.methods.nas.search import Evaluation, Problem, run_search
+    from prunekit.methods.nas.search import Evaluation, Problem, multi_objective_search
 
     space = MediumSpace([LayerShape(1, 1, 2)])  # 2 x 3 configurations
     for searcher in ("random", "local", "morea"):
         problem = Problem(lambda c: Evaluation(c, (float(-sum(c)), float(sum(c)))))
-        evals = run_search(searcher, space, problem, budget=50, seed=0, initial=[space.full()])
+        evals = multi_objective_search(searcher, space, problem, budget=50, seed=0, initial=[space.full()])
         assert len(evals) == 6
 
 
 def test_nsga2_processes_share_one_study_through_storage(tmp_path):
-    from prunekit.methods.nas.search import run_search
+    from prunekit.methods.nas.search import multi_objective_search
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space, first = _toy_problem()
     initial = space.initial(["full", "smallest", "midpoint"])
-    a = run_search("nsga2", space, first, budget=12, seed=0, initial=initial, storage=url, study_name="s")
+    a = multi_objective_search("nsga2", space, first, budget=12, seed=0, initial=initial, storage=url, study_name="s")
     _, second = _toy_problem()
-    b = run_search("nsga2", space, second, budget=20, seed=1, initial=initial, storage=url, study_name="s")
+    b = multi_objective_search("nsga2", space, second, budget=20, seed=1, initial=initial, storage=url, study_name="s")
     assert len(a) == 12 and len(second.history) == 8  # the second process only spends what is left
     assert {e.config for e in a} <= {e.config for e in b} and len(b) >= 18
     import optuna
@@ -354,11 +357,11 @@ def test_nsga2_processes_share_one_study_through_storage(tmp_path):
 
 
 def test_unknown_searcher_is_a_usage_error():
-    from prunekit.methods.nas.search import run_search
+    from prunekit.methods.nas.search import multi_objective_search
 
     space, problem = _toy_problem()
     with pytest.raises(UsageError, match="unknown searcher 'grid': use one of random, local, nsga2, morea"):
-        run_search("grid", space, problem, budget=3, seed=0, initial=[])
+        multi_objective_search("grid", space, problem, budget=3, seed=0, initial=[])
 
 
 # ------------------------------------------------------------------ baselines

@@ -382,9 +382,9 @@ def test_manifest_history_stands_in_for_a_missing_log(tmp_path):
 
 def test_close_points_get_labels_that_do_not_overlap():
     """ASP and 2:4 runs land a hair apart on the accuracy-vs-speedup plot: their names must both stay readable."""
-    from prunekit.report.plots import _figure, separate_labels
+    from prunekit.report.plots import new_figure, separate_labels
 
-    fig, (ax,) = _figure(1, width=7.0, panel_height=4.5)
+    fig, (ax,) = new_figure(1, width=7.0, panel_height=4.5)
     xy = {"asp": (0.99, 0.8251), "nxm": (0.97, 0.8236), "l1": (0.96, 0.8290), "far": (2.1, 0.79)}
     ax.scatter([p[0] for p in xy.values()], [p[1] for p in xy.values()])
     ax.set_ylim(0.785, 0.85)

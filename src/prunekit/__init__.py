@@ -1,17 +1,18 @@
-"""prunekit: sparsify and prune pre-trained transformer language models, with measured gains."""
+"""prunekit: sparsify and prune pre-trained transformer language models, with measured gains.
+
+`prunekit.load` / `prunekit.save` are resolved on first use (PEP 562): `import prunekit` and the CLI's first answer
+(`--help`, a bad argument) stay free of torch and transformers. This is the package's one lazy import of its own
+modules besides the CLI's (see tests/test_architecture.py)."""
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "load", "save"]
 
 
-def load(run_dir, **kwargs):
-    """Load a run directory's model with its pruned per-layer shapes (see `prunekit.runs.io.load`)."""
-    from prunekit.runs.io import load as _load
+def __getattr__(name: str) -> Any:
+    if name in ("load", "save"):
+        from prunekit.runs import io  # lazy: see the module docstring
 
-    return _load(run_dir, **kwargs)
-
-
-def save(model, out_dir, tokenizer=None, **kwargs):
-    """Save a model as a run directory with its manifest (see `prunekit.runs.io.save`)."""
-    from prunekit.runs.io import save as _save
-
-    return _save(model, out_dir, tokenizer, **kwargs)
+        return getattr(io, name)
+    raise AttributeError(f"module 'prunekit' has no attribute {name!r}")

@@ -9,10 +9,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.catalog import load_model
+from prunekit.catalog.datasets import DATASETS
+from prunekit.catalog.models import MODELS
+from prunekit.compact.remove import compact
 from prunekit.core.errors import UsageError
-from prunekit.masks import MaskSet, masks_from_zeros, merge, sparsity_report
+from prunekit.importance.magnitude import magnitude_masks
+from prunekit.masks import MaskSet, check_keeps_attention, masks_from_zeros, merge, sparsity_report
 from prunekit.patterns import check_sparsity, parse_pattern
 from prunekit.runs.directory import check_target, check_writable
+from prunekit.runs.io import load, read_manifest, recorded_path, save
+from prunekit.runs.source import load_source, source_fingerprint, sparsity_summary
+from prunekit.tasks import evaluation_data, get_task, load_data
 
 
 def parse_prune_spec(spec: str) -> tuple[str, float | None]:
@@ -33,54 +41,7 @@ def parse_prune_spec(spec: str) -> tuple[str, float | None]:
     return str(pattern), check_sparsity(sparsity)
 
 
-def load_source(
-    source: str,
-    *,
-    task_head: str = "sequence-classification",
-    num_labels: int | None = None,
-    trust_remote_code: bool = False,
-    seed: int = 0,
-):
-    """(model, tokenizer, manifest or None) from a run directory or a model name / folder / hub id.
-
-    A task head the checkpoint lacks is initialised from `seed` (the global RNG is left as it was): unseeded, the
-    same recipe started from a different head in every process and its results did not reproduce."""
-    from prunekit.catalog import load_model
-    from prunekit.runs.io import MANIFEST, load, read_manifest
-
-    if (Path(source) / MANIFEST).exists():
-        # a training source: plain linears (checks the tokenizer against the embedding)
-        model, tok = load(source, with_tokenizer=True, block_sparse="never")
-        return model, tok, read_manifest(source)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model, tok = load_model(source, task=task_head, num_labels=num_labels, trust_remote_code=trust_remote_code)
-    return model.eval(), tok, None
-
-
-def check_keeps_attention(model: nn.Module, masks: MaskSet | None) -> None:
-    """Refuse a pruning target that removes every head of every layer (the model would have no attention).
-    `compact` itself compacts any masks it is given; this guards what users ask for (CLI, recipes)."""
-    from prunekit.topology import describe
-
-    if masks is None:
-        return
-    with_heads = {b.index for b in describe(model).blocks if b.attention is not None and b.attention.num_heads}
-    headless = {
-        i
-        for i, lm in masks.layers.items()
-        if lm.heads is not None and not lm.drop_attention and not bool(lm.heads.any())
-    }
-    if with_heads and headless >= with_heads:
-        raise UsageError(
-            "the pruning target removes every head of every layer, which leaves the model no attention: keep at "
-            "least one head (lower the head sparsity, or keep min_heads at 1)"
-        )
-
-
 def magnitude_prune(model: nn.Module, specs: list[str], scope: str = "global") -> MaskSet:
-    from prunekit.importance.magnitude import magnitude_masks
-
     if not specs:
         raise UsageError("nothing to prune: give at least one --prune, e.g. --prune heads=0.5")
     sets = []
@@ -105,9 +66,6 @@ def compact_source(
     """Prune by magnitude (if asked) and physically remove what is pruned; save a run directory.
 
     Without `prune`, removes structure that is already zero (e.g. a run that masked in place)."""
-    from prunekit.compact.remove import compact
-    from prunekit.runs.io import save
-
     inputs = [source] if Path(source).expanduser().exists() else []
     check_writable(Path(out_dir))
     check_target(Path(out_dir), overwrite=overwrite, inputs=inputs)
@@ -120,7 +78,6 @@ def compact_source(
     mask_report = sparsity_report(model, masks)
     with torch.no_grad():
         compact(model, masks)
-    from prunekit.pipelines.prune import source_fingerprint
 
     source_model = manifest.source_model if manifest else source
     save(
@@ -136,7 +93,7 @@ def compact_source(
         recipe={"prune": prune or [], "scope": scope, **_evaluation_record(manifest)},
         **({"task": manifest.task, "split": manifest.split} if manifest and manifest.task else {}),
         patterns=masks.patterns and {k: v for k, v in masks.patterns.items()},
-        sparsity={"mask": _summary(mask_report), "saved": _summary(sparsity_report(model))},
+        sparsity={"mask": sparsity_summary(mask_report), "saved": sparsity_summary(sparsity_report(model))},
         timings={"compact_s": round(time.perf_counter() - start, 2)},
     )
     return {"out_dir": out_dir, "mask_sparsity": mask_report["sparsity"]}
@@ -152,22 +109,11 @@ def _evaluation_record(manifest) -> dict[str, Any]:
     return record | ({"data": recipe["data"]} if recipe.get("data") else {})
 
 
-def _summary(report: dict) -> dict:
-    return {k: report[k] for k in ("params", "kept", "sparsity")} | {
-        "heads_per_layer": [r["heads"] for r in report["layers"]],
-        "ffn_width_per_layer": [r["ffn_width"] for r in report["layers"]],
-    }
-
-
 def reference_for(run_dir: str) -> nn.Module:
     """The dense model a run started from, with the same head, for side-by-side measurements."""
-    from prunekit.catalog import load_model
-    from prunekit.runs.io import read_manifest
-
     manifest = read_manifest(run_dir)
     if not manifest.source_model:
         raise UsageError(f"'{run_dir}' records no source model: pass --reference MODEL")
-    from prunekit.runs.io import load
 
     source = _recorded_model(run_dir, manifest)
     pruned = load(run_dir)
@@ -179,9 +125,6 @@ def reference_for(run_dir: str) -> nn.Module:
 def _recorded_model(run_dir: str, manifest) -> str:
     """The manifest's source model: a catalog name or hub id as is; a folder only if it still has the recorded
     fingerprint (a manifest cannot point prunekit at other paths, '../..' or absolute)."""
-    from prunekit.catalog.models import MODELS
-    from prunekit.runs.io import recorded_path
-
     name = manifest.source_model
     if name in MODELS or not _looks_like_path(name):
         return name
@@ -198,9 +141,6 @@ def _looks_like_path(value: str) -> bool:
 def _recorded_data(run_dir: str, manifest, d: dict) -> tuple[str, str | None]:
     """(dataset, data_dir) of the run's own split, made safe: a catalog name as is (its data_dir only if the
     files there match the recorded checksums), a file or folder only with the recorded fingerprint."""
-    from prunekit.catalog.datasets import DATASETS
-    from prunekit.runs.io import recorded_path
-
     info = manifest.task or {}
     split = manifest.split or {}
     dataset, data_dir = d.get("dataset", info.get("dataset")), d.get("data_dir")
@@ -232,9 +172,6 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Metrics of a run's model on its own split (re-made from the manifest's split recipe) or on a user file.
     `task` names the task kind for a run that records none (a `compact` of a plain model); it needs `data`."""
-    from prunekit.runs.io import load, read_manifest
-    from prunekit.tasks import evaluation_data, get_task, load_data
-
     if batch_size < 1:
         raise UsageError(f"batch size {batch_size} is not a batch size: give 1 or more")
     manifest = read_manifest(run_dir)

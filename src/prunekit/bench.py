@@ -27,15 +27,28 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from prunekit.core.errors import UsageError
-from prunekit.topology import Topology, describe, family_of, get_module, linear_shape
+from prunekit.kernels import BlockSparseLinear, block_density
+from prunekit.kernels.semi_structured import nm_speedup_note, semi_structured_available
+from prunekit.runs.io import load, save
+from prunekit.runs.nm_storage import has_nm
+from prunekit.topology import (
+    Topology,
+    describe,
+    embedding_segments,
+    ffn_width_key,
+    get_module,
+    is_decoder,
+    layers_key,
+    learned_positions,
+    linear_shape,
+    max_positions,
+    position_offset,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-EMBEDDING_SEGMENTS = frozenset({"embeddings", "embed_tokens", "wte", "wpe", "relative_attention_bias"})
-# families whose learned positions start after the padding index (RoBERTa-style position ids)
-_PADDED_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet"})
-_DECODERS = frozenset({"llama", "gpt2"})
+EMBEDDING_SEGMENTS = embedding_segments()
 
 ModelSource = nn.Module | str | Path | Callable[[], nn.Module]
 
@@ -72,7 +85,7 @@ def analytic_parameters(config, head: str = "sequence-classification") -> dict[s
     """The same split as `count_parameters`, from a BERT-like config (BERT, RoBERTa, ELECTRA-style) by formula:
     a cross-check of the counter that needs no model. `head` is "sequence-classification" (pooler or
     RoBERTa's dense layer, then the classifier) or "base" (the pooler only, as `AutoModel` builds it)."""
-    d, f, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    d, f, n_layers = config.hidden_size, getattr(config, ffn_width_key(config)), getattr(config, layers_key(config))
     embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * d + 2 * d
     attention = 4 * (d * d + d) + 2 * d  # q, k, v, o with biases; LayerNorm
     ffn = (d * f + f) + (f * d + d) + 2 * d  # W1, W2 with biases; LayerNorm
@@ -99,10 +112,10 @@ def _head_linears(model: nn.Module, topo: Topology) -> list[tuple[str, nn.Module
     ]
 
 
-def _runs_per_sequence(model: nn.Module, family: str, name: str) -> bool:
+def _runs_per_sequence(model: nn.Module, name: str) -> bool:
     """Encoder poolers and sequence-classification heads see one token per sequence; decoder heads
     (lm_head, Llama/GPT-2 `score`) and token-level heads run on every token."""
-    if family in _DECODERS:
+    if is_decoder(model):
         return False
     cls = type(model).__name__
     return "pooler" in name.split(".") or cls.endswith(("ForSequenceClassification", "ForMultipleChoice"))
@@ -123,7 +136,6 @@ def flops_per_token(model: nn.Module, seq_len: int, topo: Topology | None = None
         raise UsageError(f"seq_len must be positive, got {seq_len}")
     topo = topo or describe(model)
     blocks = scores = 0.0
-    from prunekit.kernels import BlockSparseLinear, block_density
 
     for b in topo.blocks:
         for name in b.linears():
@@ -136,7 +148,7 @@ def flops_per_token(model: nn.Module, seq_len: int, topo: Topology | None = None
     head = 0.0
     for name, module in _head_linears(model, topo):
         out_f, in_f = linear_shape(module)
-        head += 2 * out_f * in_f / (seq_len if _runs_per_sequence(model, topo.family, name) else 1)
+        head += 2 * out_f * in_f / (seq_len if _runs_per_sequence(model, name) else 1)
     return {"blocks": blocks, "attention_scores": scores, "head": head, "total": blocks + scores + head}
 
 
@@ -152,15 +164,12 @@ def random_inputs(batch: int, seq_len: int, vocab_size: int, device: str | torch
 
 def max_seq_len(model: nn.Module) -> int | None:
     """Longest input the model's learned position embeddings allow (None: rotary, no hard limit)."""
-    config = model.config
-    if family_of(model).name == "llama":
+    if not learned_positions(model):
         return None
-    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    limit = max_positions(model.config)
     if limit is None:
         return None
-    if config.model_type in _PADDED_POSITIONS:
-        limit -= (config.pad_token_id or 0) + 1
-    return int(limit)
+    return int(limit - position_offset(model.config))
 
 
 def _check_seq_len(model: nn.Module, seq_len: int) -> None:
@@ -272,8 +281,6 @@ def _maxrss_kb() -> int:
 
 def _load_source(source: str | Path | Callable[[], nn.Module], device: str | torch.device = "cpu") -> nn.Module:
     if isinstance(source, str | Path):
-        from prunekit.runs.io import load
-
         return load(source, device=device)
     return source().to(device)
 
@@ -306,8 +313,6 @@ def _weights_mb(model: nn.Module) -> float:
 def _save_quietly(model: nn.Module, out: Path) -> Path:
     """A run directory for the child to load, without a progress bar in the benchmark's output."""
     from transformers.utils import logging as hf_logging
-
-    from prunekit.runs.io import save
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -454,9 +459,6 @@ def bench(
 
 def _notes(patterns: dict[str, str] | None, device: str | torch.device) -> list[str]:
     """What a reader of the numbers must know: N:M zeros are multiplied like any weight on most devices."""
-    from prunekit.kernels.semi_structured import nm_speedup_note, semi_structured_available
-    from prunekit.runs.nm_storage import has_nm
-
     if has_nm(patterns) and not semi_structured_available(device):
         return [nm_speedup_note(device)]
     return []

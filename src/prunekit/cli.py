@@ -62,13 +62,43 @@ def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     _print_rows(models_table(), "prunekit models", as_json)
 
 
+def _type_name(annotation: object) -> str:
+    """A config field's type as a recipe writer reads it: float, int | None, Literal['proximal', 'loss']."""
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
 @app.command()
-def methods(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the pruning methods a recipe's `method.name` can take, with their config fields."""
+def methods(
+    name: Annotated[
+        str | None, typer.Argument(help="A method: list its recipe fields (name, type, default, help).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the pruning methods a recipe's `method.name` can take, or one method's recipe fields."""
     from prunekit.methods.base import REGISTRY, method_names
 
+    names = method_names()
+    if name is not None:
+        if name not in REGISTRY:
+            raise UsageError(f"unknown method '{name}': use one of {', '.join(names)}")
+        fields = [
+            {
+                "name": key,
+                "type": _type_name(field.annotation),
+                "default": field.get_default(call_default_factory=True),
+                "help": field.description or "",
+            }
+            for key, field in REGISTRY[name].config_class.model_fields.items()
+        ]
+        if fields or as_json:
+            _print_rows(fields, f"prunekit methods {name}", as_json)
+        else:
+            typer.echo(f"{name}: no recipe fields")
+        return
     rows = []
-    for name in method_names():
+    for name in names:
         cls = REGISTRY[name]
         doc = [" ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())]
         fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.config_class.model_fields.items())

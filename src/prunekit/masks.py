@@ -272,3 +272,21 @@ def masks_from_zeros(model: nn.Module, topo: Topology | None = None) -> MaskSet:
                 full = keep
             setattr(lm, attr, full)
     return masks
+
+
+def check_keeps_attention(model: nn.Module, masks: MaskSet | None) -> None:
+    """Refuse a pruning target that removes every head of every layer (the model would have no attention).
+    `compact` itself compacts any masks it is given; this guards what users ask for (CLI, recipes)."""
+    if masks is None:
+        return
+    with_heads = {b.index for b in describe(model).blocks if b.attention is not None and b.attention.num_heads}
+    headless = {
+        i
+        for i, lm in masks.layers.items()
+        if lm.heads is not None and not lm.drop_attention and not bool(lm.heads.any())
+    }
+    if with_heads and headless >= with_heads:
+        raise UsageError(
+            "the pruning target removes every head of every layer, which leaves the model no attention: keep at "
+            "least one head (lower the head sparsity, or keep min_heads at 1)"
+        )

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 
 from prunekit.core.errors import PrunekitError, UsageError
+from prunekit.topology import family_of
 
 TASK_HEADS = ("sequence-classification", "question-answering", "causal-lm", "base")
 
@@ -250,8 +251,6 @@ def load_model(
     The tokenizer is None when a local folder has no tokenizer files. A model that ships its own code is
     refused unless `trust_remote_code`; a tokenizer larger than the model's embedding is refused."""
     from transformers import AutoConfig, PretrainedConfig
-
-    from prunekit.topology import family_of
 
     source = resolve_model(name_or_path)
     cls = _auto_class(task)

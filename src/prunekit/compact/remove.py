@@ -89,22 +89,6 @@ def _check_gqa(att: AttentionSpec, heads: torch.Tensor, layer: int) -> int:
     return int(kept[0]) if kept.numel() else 0
 
 
-def _mpnet_position_bias(core: nn.Module, kept: torch.Tensor) -> None:
-    """MPNet adds one relative-position bias per head, computed once for all layers: select our heads."""
-    old = getattr(core, "kept_heads", None)
-    core.register_buffer("kept_heads", old[kept] if old is not None else kept.clone())
-    if getattr(core, "_prunekit_hook", None) is None:
-
-        def hook(module, args, kwargs):
-            if len(args) > 2 and args[2] is not None:
-                args = (*args[:2], args[2].index_select(1, module.kept_heads), *args[3:])
-            elif kwargs.get("position_bias") is not None:
-                kwargs["position_bias"] = kwargs["position_bias"].index_select(1, module.kept_heads)
-            return args, kwargs
-
-        core._prunekit_hook = core.register_forward_pre_hook(hook, with_kwargs=True)
-
-
 def _compact_heads(model: nn.Module, fam: Family, att: AttentionSpec, heads: torch.Tensor, layer: int) -> None:
     heads = heads.bool().cpu()
     if bool(heads.all()):
@@ -138,8 +122,7 @@ def _compact_heads(model: nn.Module, fam: Family, att: AttentionSpec, heads: tor
     set_module(model, att.o, slice_linear(o, in_idx=q_idx))
     core = get_module(model, att.core)
     fam.head_attrs(core, int(q_heads.numel()), int(kv.numel()), att.head_dim)
-    if fam.name == "mpnet":
-        _mpnet_position_bias(core, q_heads.to(next(core.parameters()).device))
+    fam.heads_kept(core, q_heads)
     del group
 
 

@@ -12,16 +12,8 @@ from torch import nn
 
 from prunekit.compact.modules import EmptyAttention
 from prunekit.masks import LayerMask, MaskSet
-from prunekit.topology import describe, family_of, get_module
+from prunekit.topology import config_heads, describe, family_of, get_module, heads_in_config
 from prunekit.topology.families import is_skipped
-
-_FFN_WIDTH_KEY = {
-    "bert": "intermediate_size",
-    "mpnet": "intermediate_size",
-    "llama": "intermediate_size",
-    "distilbert": "hidden_dim",
-    "gpt2": "n_inner",
-}
 
 
 def _rows_kept(module: nn.Module) -> int | None:
@@ -95,28 +87,21 @@ def structure_masks(model: nn.Module, layers: list[dict]) -> MaskSet:
 def uniform_config_update(model: nn.Module) -> dict:
     """Config fields that describe the compacted shapes, when every block has the same shape."""
     layers = structure(model)
-    fam = family_of(model)
     widths = {e["ffn_width"] for e in layers if e["ffn"] == "kept"}
-    update: dict = {}
-    if len(widths) == 1:
-        update[_FFN_WIDTH_KEY[fam.name]] = widths.pop()
     heads = {(e["heads"], e["kv_heads"]) for e in layers if e["attention"] == "kept"}
-    if fam.name == "llama" and len(heads) == 1:
-        h, kv = heads.pop()
-        update.update(
-            num_attention_heads=h,
-            num_key_value_heads=kv,
-            head_dim=next(
-                b.attention.head_dim for b in describe(model).blocks if b.attention and b.attention.num_heads
-            ),
-        )
-    return update
+    head_dim = None
+    if len(heads) == 1 and heads_in_config(model.config):
+        head_dim = next(b.attention.head_dim for b in describe(model).blocks if b.attention and b.attention.num_heads)
+    return family_of(model).config_update(
+        ffn_width=widths.pop() if len(widths) == 1 else None,
+        heads=heads.pop() if len(heads) == 1 else None,
+        head_dim=head_dim,
+    )
 
 
 def plain_loadable(model: nn.Module) -> bool:
     """Whether `AutoModel*.from_pretrained` alone rebuilds these shapes (config fields say it all)."""
     layers = structure(model)
-    fam = family_of(model)
     cfg = model.config
     if any(
         e["attention"] != "kept"
@@ -128,6 +113,4 @@ def plain_loadable(model: nn.Module) -> bool:
         return False
     if len({e["ffn_width"] for e in layers}) != 1 or len({(e["heads"], e["kv_heads"]) for e in layers}) != 1:
         return False
-    heads = layers[0]["heads"]
-    config_heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None)
-    return fam.name == "llama" or heads == config_heads
+    return heads_in_config(cfg) or layers[0]["heads"] == config_heads(cfg)

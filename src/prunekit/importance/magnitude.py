@@ -9,7 +9,7 @@ heads in every KV group, so the result always compacts.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from prunekit.core.errors import UsageError
@@ -36,13 +36,27 @@ def check_scope(v: str) -> str:
 
 
 class MagnitudeConfig(BaseModel):
+    """One-shot magnitude pruning at one pattern (what `magnitude_masks` computes; the gradual `magnitude` method
+    calls it at each mask update)."""
+
     model_config = ConfigDict(extra="forbid")
-    pattern: str = "unstructured"
-    sparsity: float = 0.5
-    scope: str = "global"
-    pad_tail: bool = False
-    min_heads: int = 1  # never empties a layer's attention unless set to 0
-    min_neurons: int = 1
+    pattern: str = Field(
+        "unstructured",
+        description="What is pruned: unstructured | N:M (e.g. 2:4, keep N of every M inputs) | BxB (e.g. 32x32 "
+        "blocks, by tile L2 norm) | head | neuron | row (by the L2 norm of the weights they own).",
+    )
+    sparsity: float = Field(
+        0.5, description="Fraction removed (of the weights, or of the heads / neurons / rows); N:M ignores it."
+    )
+    scope: str = Field(
+        "global",
+        description="global: one ranking over all layers; layer: per matrix (fine-grained patterns) or per layer.",
+    )
+    pad_tail: bool = Field(
+        False, description="N:M: keep a trailing partial group of inputs dense instead of refusing the shape."
+    )
+    min_heads: int = Field(1, description="Attention heads every layer keeps (0 allows emptying a layer's attention).")
+    min_neurons: int = Field(1, description="FFN neurons every layer keeps (0 allows emptying a layer's FFN).")
 
     @field_validator("pattern")
     @classmethod

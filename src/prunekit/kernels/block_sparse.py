@@ -29,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.compact.modules import ScatterLinear
 from prunekit.core.errors import UsageError
+from prunekit.topology import describe, get_module
+from prunekit.topology.base import set_module
 
 Backend = Literal["gather", "runs", "bsr"]
 BLOCK_CANDIDATES = (64, 32, 16, 8)
@@ -285,8 +288,6 @@ class BlockSparseLinear(nn.Linear):
 
     def to_linear(self) -> nn.Linear:
         """The plain module again (sharing the parameters)."""
-        from prunekit.compact.modules import ScatterLinear
-
         if hasattr(self, "out_index"):
             new = ScatterLinear(self.in_features, self.out_features, self.full_features, bias=self.bias is not None)
             new.out_index = self.out_index
@@ -354,9 +355,6 @@ def pack_block_sparse(
     candidate without timing. `block` None: inferred per matrix from its zero tiles. Returns a report:
     per matrix block, density, backend, dense_ms, sparse_ms, speedup, packed (or the reason it was skipped).
     """
-    from prunekit.topology import describe, get_module
-    from prunekit.topology.base import set_module
-
     names = names if names is not None else describe(model).prunable_linears()
     old_threads = torch.get_num_threads()
     report: list[dict[str, Any]] = []
@@ -419,8 +417,6 @@ def pack_block_sparse(
 
 def unpack_block_sparse(model: nn.Module) -> int:
     """Put plain linears back in place of every BlockSparseLinear; returns how many."""
-    from prunekit.topology.base import set_module
-
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, BlockSparseLinear)]
     for name, module in found:
         set_module(model, name, module.to_linear())

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.core.errors import UsageError
+from prunekit.runs.nm_storage import is_nm
 from prunekit.topology import get_module
 
 NO_SPEEDUP = (
@@ -45,8 +46,6 @@ def nm_speedup_note(device: str | torch.device | None = None) -> str:
 
 
 def _is_2_4(weight: torch.Tensor) -> bool:
-    from prunekit.runs.nm_storage import is_nm
-
     return weight.dim() == 2 and weight.shape[1] % 4 == 0 and is_nm(weight, 2, 4)
 
 

@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+import prunekit.methods as package
 from prunekit.core.errors import UsageError
 from prunekit.masks import MaskSet, zero_masked
 from prunekit.patterns import check_block, nm_mask, parse_pattern
@@ -140,14 +141,9 @@ class Method:
             zero_masked(model, masks, self.topo)
 
 
-class Dense(Method):
-    """Plain fine-tuning: no pruning."""
-
-    name = "dense"
-    is_baseline = True
-
-
-REGISTRY: dict[str, type[Method]] = {"dense": Dense}
+# name -> method class, filled by @register as the method modules are imported (on first use: _load_builtin);
+# `dense` (plain fine-tuning) is methods/baselines/dense.py
+REGISTRY: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -162,11 +158,11 @@ def _load_builtin() -> None:
     """Import every module and folder under prunekit.methods so their @register lines run (on first use: keeps
     `import prunekit` light). A `prunekit/methods/<name>/` folder under any sys.path entry (a method of your own,
     e.g. on PYTHONPATH) registers too; the installed modules come first."""
-    import prunekit.methods as package
-
     for entry in sys.path:  # `prunekit/methods/` folders elsewhere on the path: methods of one's own
-        folder = os.path.join(entry, "prunekit", "methods") if isinstance(entry, str) else ""
-        if folder and os.path.isdir(folder) and not any(os.path.samefile(folder, p) for p in package.__path__):
+        if not isinstance(entry, str) or os.path.exists(os.path.join(entry, "prunekit", "__init__.py")):
+            continue  # a prunekit installation (this one, or a second checkout on the path), not a folder of methods
+        folder = os.path.join(entry, "prunekit", "methods")
+        if os.path.isdir(folder) and not any(os.path.samefile(folder, p) for p in package.__path__):
             package.__path__.append(folder)
     for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
         if info.name in _LOADED or info.name == __name__:

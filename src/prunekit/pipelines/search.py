@@ -24,9 +24,30 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.bench import count_parameters, flops_per_token, measure_latency
+from prunekit.compact.remove import compact
+from prunekit.compact.structure import structure
 from prunekit.core.errors import UsageError
+from prunekit.masks import sparsity_report
+from prunekit.methods.nas import baselines as bl
 from prunekit.methods.nas.config import SearchSpec
+from prunekit.methods.nas.cost import compacted_copy, subnet_block_parameters, subnet_flops, subnet_parameters
+from prunekit.methods.nas.pareto import hypervolume
+from prunekit.methods.nas.reorder import UnitOrder, importance, order_from_scores, permute, to_original, unpermute
+from prunekit.methods.nas.search import Evaluation, FrontProgress, Problem, front, multi_objective_search
+from prunekit.methods.nas.space import make_space
+from prunekit.pipelines.stages import (
+    bench_against,
+    check_lengths,
+    load_splits,
+    load_start,
+    load_teacher,
+    split_info,
+    task_info,
+)
 from prunekit.recipe import Recipe
+from prunekit.report.markdown import table
+from prunekit.report.plots import new_figure, save_figure
 from prunekit.runs.directory import (
     check_target,
     check_writable,
@@ -36,12 +57,16 @@ from prunekit.runs.directory import (
     remove_run,
     remove_temp_files,
 )
+from prunekit.runs.io import load, read_manifest, save, write_model
+from prunekit.runs.source import source_fingerprint, sparsity_summary
+from prunekit.tasks import get_task
 from prunekit.tasks.base import calibration_batches
+from prunekit.topology import describe
 from prunekit.train.checkpoint import fault_point, has_checkpoint
+from prunekit.train.loop import train
 
 ORDER = "order.json"
 PARETO = "pareto.json"
-
 
 # ------------------------------------------------------------------ shared helpers
 
@@ -56,9 +81,6 @@ def _check(recipe: Recipe) -> SearchSpec:
 
 
 def _load_splits(recipe: Recipe):
-    from prunekit.pipelines.prune import load_splits
-    from prunekit.tasks import get_task
-
     data, kind = load_splits(recipe.data)
     for split in ("validation", "test"):
         if split not in data or not len(data[split]):
@@ -71,7 +93,9 @@ def _device(recipe: Recipe) -> torch.device:
     return torch.device(dev)
 
 
-def _evaluate(task, model: nn.Module, split, tok, recipe: Recipe, device, max_examples: int | None = None) -> dict:
+def _evaluate_split(
+    task, model: nn.Module, split, tok, recipe: Recipe, device, max_examples: int | None = None
+) -> dict:
     return task.evaluate(
         model,
         split,
@@ -95,8 +119,6 @@ class Costs:
         self.objective, self.recipe, self.spec, self.device = objective, recipe, spec, device
 
     def of_masks(self, model: nn.Module, masks, detached) -> float:
-        from prunekit.methods.nas.cost import compacted_copy, subnet_flops, subnet_parameters
-
         if self.objective == "params":
             return float(subnet_parameters(model, masks))
         if self.objective == "flops":
@@ -106,8 +128,6 @@ class Costs:
         return self.of_model(small)
 
     def of_model(self, model: nn.Module) -> float:
-        from prunekit.bench import count_parameters, flops_per_token, measure_latency
-
         if self.objective == "params":
             return float(count_parameters(model)["total"])
         if self.objective == "flops":
@@ -183,26 +203,13 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
     `resume`: a super-network the interrupted search finished is reused; else both trainings continue from their
     newest checkpoints (each resumes to the weights an uninterrupted run has, so the reordering between them is
     recomputed identically)."""
-    from prunekit.methods.nas.reorder import UnitOrder, importance, order_from_scores, permute, unpermute
-    from prunekit.pipelines.prune import (
-        _load_start,
-        _task_info,
-        _teacher,
-        check_lengths,
-        source_fingerprint,
-        split_info,
-    )
-    from prunekit.runs.io import write_model
-    from prunekit.topology import describe
-    from prunekit.train.loop import train
-
     method = recipe.create_method()
     if spec.supernet is not None:
         return _reuse(_supernet_home(Path(spec.supernet)), recipe, method)
     if resume and (work / "supernet" / ORDER).exists() and (work / "dense" / "prunekit.json").exists():
         log(f"super-network: reusing the one the interrupted search trained ({work / 'supernet'})")
         return _reuse(work, recipe, method)
-    model, tok, manifest = _load_start(recipe, task, task.num_labels(data))
+    model, tok, manifest = load_start(recipe, task, task.num_labels(data))
     check_lengths(recipe, model)
     timings: dict[str, float] = {}
     if recipe.finetune is not None and recipe.finetune.epochs > 0:
@@ -220,7 +227,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
         order = order_from_scores(topo, hs, ns)
         permute(model, topo, order)
     timings["reorder_s"] = round(time.perf_counter() - t0, 2)
-    teacher, distill = _teacher(recipe, dense, task)
+    teacher, distill = load_teacher(recipe, dense, task)
     cfg = recipe.train
     if "select_best" not in cfg.model_fields_set:  # the full network's best epoch is not the super-network's
         cfg = cfg.model_copy(update={"select_best": False})
@@ -232,7 +239,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
         method=method,
         config=cfg,
         work_dir=work,
-        teacher=teacher,
+        teacher=load_teacher,
         distill=distill,
         progress=progress,
         stage="supernet",
@@ -247,7 +254,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
         source_model=manifest.source_model if manifest else recipe.model,
         source_fingerprint=manifest.source_fingerprint if manifest else source_fingerprint(recipe.model),
         recipe=recipe.model_dump(mode="json"),
-        task=_task_info(task, recipe.data, data),
+        task=task_info(task, recipe.data, data),
         split=split_info(recipe.data, data),
         timings=timings,
     )
@@ -268,10 +275,6 @@ def _supernet_home(src: Path) -> Path:
 
 def _reuse(src: Path, recipe: Recipe, method):
     """A previous search directory's super-network (stage 1 skipped; several searches can share it)."""
-    from prunekit.methods.nas.reorder import UnitOrder, permute
-    from prunekit.runs.io import load
-    from prunekit.topology import describe
-
     if not (src / "supernet" / ORDER).exists():
         raise UsageError(f"search.supernet '{src}' has no supernet/{ORDER}: give a directory `prunekit search` wrote")
     supernet, tok = load(src / "supernet", with_tokenizer=True)
@@ -284,12 +287,6 @@ def _reuse(src: Path, recipe: Recipe, method):
 
 
 def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, resume: bool = False) -> dict[str, Any]:
-    from prunekit.bench import count_parameters
-    from prunekit.methods.nas.cost import subnet_block_parameters
-    from prunekit.methods.nas.pareto import hypervolume
-    from prunekit.methods.nas.search import Evaluation, FrontProgress, Problem, front, run_search
-    from prunekit.runs.io import read_manifest
-
     data, task = _load_splits(recipe)
     dense, supernet, method, order, tok = _stage1(recipe, spec, work, data, task, progress, log, resume)
     device = _device(recipe)
@@ -298,7 +295,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, r
     space, key = method.space, task.main_metric
     costs = Costs(spec.objective, recipe, spec, device)
     val, test = data["validation"], data["test"]
-    dense_val = _evaluate(task, dense, val, tok, recipe, device, spec.max_eval_examples)
+    dense_val = _evaluate_split(task, dense, val, tok, recipe, device, spec.max_eval_examples)
     dense_cost = costs.of_model(dense)
     dense_blocks = count_parameters(dense)["blocks"]
     scale = 100.0 if task.kind in PERCENT_TASKS else 1.0
@@ -308,7 +305,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, r
         fault_point("search")  # a test hook: inert unless PRUNEKIT_FAULT_AT is set
         masks = space.masks(config)
         with method.use(masks):
-            metrics = _evaluate(task, supernet, val, tok, recipe, device, spec.max_eval_examples)
+            metrics = _evaluate_split(task, supernet, val, tok, recipe, device, spec.max_eval_examples)
         cost = costs.of_masks(supernet, masks, method.detached)
         blocks = subnet_block_parameters(supernet, masks) / dense_blocks
         info = {"validation": metrics, "cost": cost, "block_params": blocks, "structure": space.summary(config)}
@@ -318,7 +315,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, r
     t0 = time.perf_counter()
     with FrontProgress(spec.budget, reference, enabled=progress) as bar:
         problem = Problem(evaluate, on_new=bar.add)
-        evals = run_search(
+        evals = multi_objective_search(
             spec.searcher,
             space,
             problem,
@@ -335,7 +332,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, r
     points = []
     for k, ev in enumerate(best):
         with method.use(space.masks(ev.config)):
-            test_m = _evaluate(task, supernet, test, tok, recipe, device)
+            test_m = _evaluate_split(task, supernet, test, tok, recipe, device)
         points.append(_point(k, ev, test_m))
     hv = hypervolume([e.objectives for e in best], reference)
     t0 = time.perf_counter()
@@ -371,7 +368,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, r
         "space": {"name": space.name, "names": space.names, "lows": space.lows.tolist(), "highs": space.highs.tolist()},
         "dense": {
             "validation": dense_val,
-            "test": _evaluate(task, dense, test, tok, recipe, device),
+            "test": _evaluate_split(task, dense, test, tok, recipe, device),
             "cost": dense_cost,
             "block_param_count": dense_blocks,  # the points' block_params are fractions of it
         },
@@ -405,12 +402,6 @@ def _point(k: int, ev, test: dict) -> dict[str, Any]:
 
 
 def _baselines(recipe, spec, dense, data, task, tok, costs, dense_cost, err, device) -> list[dict]:
-    from prunekit.bench import count_parameters
-    from prunekit.compact.structure import structure
-    from prunekit.methods.nas import baselines as bl
-    from prunekit.methods.nas.cost import compacted_copy
-    from prunekit.topology import describe
-
     topo = describe(dense)
     dense_blocks = count_parameters(dense, topo)["blocks"]
     sizes = spec.baseline_sizes
@@ -425,7 +416,7 @@ def _baselines(recipe, spec, dense, data, task, tok, costs, dense_cost, err, dev
             sets = bl.magnitude(dense, topo, sizes)
         for size, masks in sets.items():
             small = compacted_copy(dense, masks).to(device)
-            val = _evaluate(task, small, data["validation"], tok, recipe, device, spec.max_eval_examples)
+            val = _evaluate_split(task, small, data["validation"], tok, recipe, device, spec.max_eval_examples)
             cost = costs.of_model(small)
             layers = structure(small)
             out.append(
@@ -436,7 +427,7 @@ def _baselines(recipe, spec, dense, data, task, tok, costs, dense_cost, err, dev
                     "cost": cost,
                     "block_params": count_parameters(small)["blocks"] / dense_blocks,
                     "validation": val,
-                    "test": _evaluate(task, small, data["test"], tok, recipe, device),
+                    "test": _evaluate_split(task, small, data["test"], tok, recipe, device),
                     "structure": {"heads": [e["heads"] for e in layers], "neurons": [e["ffn_width"] for e in layers]},
                 }
             )
@@ -445,8 +436,6 @@ def _baselines(recipe, spec, dense, data, task, tok, costs, dense_cost, err, dev
 
 def search_report(summary: dict, name: str) -> str:
     """The front and the baselines as Markdown tables, with the hypervolume and its reference point."""
-    from prunekit.report.markdown import table
-
     key, obj = summary["metric"], summary["objective"]
     fmt = lambda m: f"{m[key]:.4f}"  # noqa: E731
     layers = lambda s: " ".join(map(str, s["heads"])) + " / " + " ".join(map(str, s["neurons"]))  # noqa: E731
@@ -490,10 +479,8 @@ LABELS = {"heads": "head pruning (Michel et al.)", "layers": "layer dropping", "
 
 def plot_pareto(summary: dict, evaluated: list, path: Path) -> Path:
     """Validation metric against relative cost: every evaluation, the Pareto front, baselines, the dense model."""
-    from prunekit.report.plots import _figure, _save
-
     key = summary["metric"]
-    fig, (ax,) = _figure(1, width=7.0, panel_height=4.5)
+    fig, (ax,) = new_figure(1, width=7.0, panel_height=4.5)
     scale = summary.get("metric_scale", 1.0)
     to_metric = lambda e: (1 - e) * scale  # noqa: E731  (the error axis back to the metric's own scale)
     ax.scatter(
@@ -532,7 +519,7 @@ def plot_pareto(summary: dict, evaluated: list, path: Path) -> Path:
     ax.set_ylabel(f"validation {key}" if greater else f"dense {key} / validation {key}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ prunekit extract
@@ -548,14 +535,6 @@ def extract(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Compact Pareto point `index` of a search into a run directory (optionally fine-tuned further)."""
-    from prunekit.compact.remove import compact
-    from prunekit.masks import sparsity_report
-    from prunekit.methods.nas.reorder import UnitOrder, to_original
-    from prunekit.methods.nas.space import make_space
-    from prunekit.pipelines.prune import _sparsity_summary
-    from prunekit.runs.io import load, read_manifest, save
-    from prunekit.topology import describe
-
     src = Path(search_dir)
     if not (src / PARETO).exists() or not (_supernet_home(src) / "supernet" / ORDER).exists():
         raise UsageError(
@@ -583,8 +562,6 @@ def extract(
     if finetune_epochs > 0:
         import tempfile
 
-        from prunekit.train.loop import train
-
         cfg = recipe.train.model_copy(update={"epochs": finetune_epochs})
         with tempfile.TemporaryDirectory() as tmp:
             res = train(model.train(), tok, task, data, config=cfg, work_dir=tmp, progress=progress, stage="extract")
@@ -593,14 +570,12 @@ def extract(
     timings["train_s"] = round(sum(timings.values()), 2)
     device = _device(recipe)
     model.to(device).eval()
-    metrics = {s: _evaluate(task, model, data[s], tok, recipe, device) for s in ("validation", "test")}
+    metrics = {s: _evaluate_split(task, model, data[s], tok, recipe, device) for s in ("validation", "test")}
     metrics["dense"] = {s: summary["dense"][s] for s in ("validation", "test")}  # what the search measured
     bench = None
     if recipe.bench.enabled:  # like `prunekit prune`, so `prunekit compare` puts extracted points beside other runs
-        from prunekit.pipelines.prune import _bench
-
         dense_dir = _supernet_home(src) / "dense"  # else the full super-network: dense-shaped, for latency
-        bench = _bench(model.cpu().eval(), load(dense_dir if dense_dir.exists() else home).eval(), recipe)
+        bench = bench_against(model.cpu().eval(), load(dense_dir if dense_dir.exists() else home).eval(), recipe)
     saved = sparsity_report(model)
     saved |= {"params": dense_params, "sparsity": 1 - saved["kept"] / dense_params if dense_params else 0}
     save(
@@ -618,7 +593,7 @@ def extract(
         split=manifest.split,
         metrics=metrics,
         history=history,
-        sparsity={"saved": _sparsity_summary(saved)},
+        sparsity={"saved": sparsity_summary(saved)},
         bench=bench,
         timings=timings,
     )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from prunekit.core.errors import UsageError
 from prunekit.methods.base import is_baseline
 from prunekit.report.markdown import table
+from prunekit.report.plots import plot_tradeoff
 from prunekit.report.run import (
     dig,
     flops_ratio,
@@ -265,8 +266,6 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     plot = out / TRADEOFF_PLOT
     if spec["points"]:
-        from prunekit.report.plots import plot_tradeoff
-
         plot_tradeoff(spec["points"], spec["dense"], spec["ylabel"], plot, batch=_rows_batch(rows))
     else:
         plot.unlink(missing_ok=True)  # no stale plot from an earlier comparison

@@ -13,7 +13,7 @@ from prunekit.report.run import POSITION_KEYS, is_number, lookup
 MAX_PANELS = 8
 
 
-def _figure(panels: int, width: float = 7.0, panel_height: float = 2.4):
+def new_figure(panels: int, width: float = 7.0, panel_height: float = 2.4):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -23,7 +23,7 @@ def _figure(panels: int, width: float = 7.0, panel_height: float = 2.4):
     return fig, list(axes)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, format="png")
     return path
@@ -81,7 +81,7 @@ def is_loss_key(key: str) -> bool:
 
 def _line_figure(panels: list[tuple[str, list[Line], float | None]], path: Path, boundaries: Sequence[float] = ()):
     """One panel per (title, [(label, x, y)], reference line or None); dotted lines at stage boundaries."""
-    fig, axes = _figure(len(panels))
+    fig, axes = new_figure(len(panels))
     for ax, (title, panel_lines, ref) in zip(axes, panels, strict=True):
         for x in boundaries:
             ax.axvline(x, color="grey", linestyle=":", linewidth=1)
@@ -94,7 +94,7 @@ def _line_figure(panels: list[tuple[str, list[Line], float | None]], path: Path,
         if len(panel_lines) > 1 or ref is not None:
             ax.legend(fontsize="small")
     axes[-1].set_xlabel("step (stages one after another)" if boundaries else "step")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(
@@ -135,7 +135,7 @@ def plot_curves(
 
 def plot_structure(kept: list[dict[str, Any]], dense: list[dict[str, Any]] | None, path: Path) -> Path:
     """Kept attention heads and FFN neurons per layer, over the dense counts when they are known."""
-    fig, axes = _figure(2, width=max(6.0, 0.35 * len(kept) + 3), panel_height=2.2)
+    fig, axes = new_figure(2, width=max(6.0, 0.35 * len(kept) + 3), panel_height=2.2)
     layers = [e.get("layer", i) for i, e in enumerate(kept)]
     for ax, key, title in zip(axes, ("heads", "ffn_width"), ("attention heads", "FFN neurons"), strict=True):
         if dense is not None:
@@ -148,7 +148,7 @@ def plot_structure(kept: list[dict[str, Any]], dense: list[dict[str, Any]] | Non
             ax.legend(fontsize="small")
     axes[-1].set_xlabel("layer")
     axes[-1].set_xticks(layers)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tradeoff(
@@ -157,7 +157,7 @@ def plot_tradeoff(
     """Main metric against speedup at `batch`: one labelled point per run (hollow where the speedup is 1/FLOPs
     ratio), and the dense model(s) at 1.0. A positive metric spanning over 10x (perplexities of a failed run
     beside good ones) gets a log axis, or the good ones would sit on one line."""
-    fig, (ax,) = _figure(1, width=7.0, panel_height=4.5)
+    fig, (ax,) = new_figure(1, width=7.0, panel_height=4.5)
     labels = []
     for p in points:
         estimated = p["estimated"]
@@ -187,7 +187,7 @@ def plot_tradeoff(
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     separate_labels(labels)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def separate_labels(labels: list, gap_px: float = 2.0, rounds: int = 100) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError, UsageError
+from prunekit.topology import max_positions
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 # ModelOutput fields exported, in order of preference: task heads first, then a base model's states
@@ -52,13 +53,6 @@ def _no_cache(model: nn.Module) -> dict:
     return {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
 
 
-def _max_positions(config) -> int | None:
-    for key in ("max_position_embeddings", "n_positions"):
-        if isinstance(getattr(config, key, None), int):
-            return getattr(config, key)
-    return None
-
-
 def make_inputs(config, batch: int, seq: int, seed: int = 0, device: torch.device | str = "cpu") -> dict:
     """Random ids with right padding in the last row, so the mask path is exercised too."""
     g = torch.Generator().manual_seed(seed)
@@ -72,7 +66,7 @@ def make_inputs(config, batch: int, seq: int, seed: int = 0, device: torch.devic
 
 def _check_shape(config, batch: int, seq: int) -> tuple[int, int]:
     """A batch and length other than the export example's, so a shape baked into the graph shows."""
-    limit = _max_positions(config)
+    limit = max_positions(config)
     limit = limit - 2 if limit else None  # RoBERTa's positions start after the padding index
     new_seq = seq + 3
     if limit is not None and new_seq > limit:

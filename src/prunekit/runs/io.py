@@ -11,7 +11,6 @@ used when its fingerprint still matches the one recorded when prunekit wrote it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,11 +27,17 @@ from safetensors.torch import load_file
 from torch import nn
 
 from prunekit import __version__
+from prunekit.catalog.models import _load_tokenizer, check_tokenizer
 from prunekit.compact.remove import rebuild
 from prunekit.compact.structure import plain_loadable, structure
 from prunekit.core.errors import DISK_FULL_FIX, PrunekitError, UsageError, is_disk_full  # noqa: F401 (re-exported)
+from prunekit.core.files import fault_point, load_state_strict, matches, sha256_file
+from prunekit.kernels import pack_block_sparse
 from prunekit.masks import sparsity_report
+from prunekit.patterns import parse_pattern
 from prunekit.runs.directory import MANIFEST, claim, remove_run
+from prunekit.runs.nm_storage import NM_WEIGHTS, decompress_state, has_nm, read_nm_file, save_nm_compressed
+from prunekit.topology import supported_class_prefixes
 
 WEIGHTS = "model.safetensors"
 MANIFEST_VERSION = 1
@@ -111,51 +116,6 @@ def staged_dir(out_dir: str | Path, overwrite: bool = False, inputs: Iterable[st
             raise
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fingerprint(path: str | Path, *, max_files: int = 256, full_hash_limit: int = 16 << 20) -> str | None:
-    """What a manifest records of a path it names: '<size>:<sha256>' of a file; for a folder (a model or a saved
-    dataset), 'dir:' + a sha256 over its files' relative names, sizes and contents (files up to
-    `full_hash_limit` bytes; two levels deep). None for anything else or a folder of more than `max_files`."""
-    path = Path(path).expanduser()
-    try:
-        if path.is_file():
-            return f"{path.stat().st_size}:{sha256_file(path)}"
-        if not path.is_dir():
-            return None
-        found: list[Path] = []
-        for sub in (path, *sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))):
-            found += [f for f in sub.iterdir() if f.is_file() and not f.name.startswith(".")]
-            if len(found) > max_files:
-                return None
-        h = hashlib.sha256()
-        for f in sorted(found):
-            size = f.stat().st_size
-            h.update(f"{f.relative_to(path).as_posix()}\0{size}\0".encode())
-            h.update((sha256_file(f) if size <= full_hash_limit else "").encode())
-        return f"dir:{h.hexdigest()}"
-    except OSError:
-        return None
-
-
-def matches(path: str | Path, recorded: str) -> bool:
-    """Whether `path` still has the fingerprint `recorded` (a file's size is compared before it is hashed)."""
-    path = Path(path).expanduser()
-    try:
-        if recorded.startswith("dir:"):
-            return path.is_dir() and fingerprint(path) == recorded
-        size, _, digest = recorded.partition(":")
-        return path.is_file() and size.isdigit() and path.stat().st_size == int(size) and sha256_file(path) == digest
-    except OSError:
-        return False
-
-
 def recorded_path(run_dir: str | Path, value: str, recorded: str | None, *, what: str, fix: str) -> str:
     """A path named by a run's manifest, safe to use: only when it still has the fingerprint prunekit recorded
     when it wrote the manifest. A hand-edited or foreign manifest cannot point prunekit at anything else
@@ -193,9 +153,6 @@ def write_model(
     """Write model, tokenizer and manifest into an existing folder; the manifest last and atomically, so a
     folder with a manifest holds a complete model. `storage`: "auto" packs N:M modules (the manifest's
     `patterns`) into model.nm.safetensors, "dense" always writes plain model.safetensors."""
-    from prunekit.runs.nm_storage import NM_WEIGHTS, has_nm, save_nm_compressed
-    from prunekit.train.checkpoint import fault_point
-
     manifest = build_manifest(model, **manifest_fields)
     folder = Path(folder)
     packed = storage == "auto" and has_nm(manifest.patterns)
@@ -247,8 +204,6 @@ def save(
 def verify_weights(run_dir: str | Path, manifest: Manifest | None = None) -> Path:
     """The run's weights file, present and with the checksum its manifest recorded: a report or a comparison of a
     run whose weights are gone or damaged would describe a model that no longer exists."""
-    from prunekit.runs.nm_storage import NM_WEIGHTS
-
     run_dir = Path(run_dir)
     manifest = manifest or read_manifest(run_dir)
     weights = run_dir / (NM_WEIGHTS if manifest.weights_format == "nm" else WEIGHTS)
@@ -281,37 +236,9 @@ def _model_class(name: str):
     import transformers
 
     cls = getattr(transformers, name, None)
-    if cls is None or not name.startswith(tuple(_supported_prefixes())):
+    if cls is None or not name.startswith(tuple(supported_class_prefixes())):
         raise PrunekitError(f"manifest names model class '{name}', which prunekit does not load")
     return cls
-
-
-def _supported_prefixes() -> list[str]:
-    return [
-        "Bert",
-        "Roberta",
-        "XLMRoberta",
-        "Camembert",
-        "Electra",
-        "MPNet",
-        "DistilBert",
-        "Llama",
-        "Mistral",
-        "Qwen2",
-        "GPT2",
-    ]
-
-
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], problem: str, fix: str) -> nn.Module:
-    """Every key must match but the model's tied ones (stored once, re-tied here); else `problem`, the keys, `fix`."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise PrunekitError(f"{problem} (missing {missing[:3]}, unexpected {unexpected[:3]}); {fix}")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    return model
 
 
 BLOCK_SPARSE_MODES = ("auto", "always", "never")
@@ -319,9 +246,6 @@ BLOCK_SPARSE_MODES = ("auto", "always", "never")
 
 def repack_block_sparse(model: nn.Module, patterns: dict[str, str], *, always: bool = False) -> int:
     """Pack the matrices whose pattern is a square block (`32x32`) where the kernel wins; returns how many."""
-    from prunekit.kernels import pack_block_sparse
-    from prunekit.patterns import parse_pattern
-
     by_block: dict[int, list[str]] = {}
     for name, text in patterns.items():
         try:
@@ -349,7 +273,6 @@ def load(
     if block_sparse not in BLOCK_SPARSE_MODES:
         raise UsageError(f"block_sparse '{block_sparse}' is not one of {', '.join(BLOCK_SPARSE_MODES)}")
     run_dir = Path(run_dir)
-    from prunekit.runs.nm_storage import decompress_state, read_nm_file
 
     manifest = read_manifest(run_dir)
     weights = verify_weights(run_dir, manifest)
@@ -385,8 +308,6 @@ def load(
     if block_sparse != "never":
         repack_block_sparse(model, manifest.patterns, always=block_sparse == "always")
     if with_tokenizer:
-        from prunekit.catalog.models import _load_tokenizer, check_tokenizer
-
         tokenizer = _load_tokenizer(str(run_dir), str(run_dir), trust_remote_code=False)
         check_tokenizer(model, tokenizer, str(run_dir))
         return model, tokenizer

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prunekit.core.errors import PrunekitError, UsageError
+from prunekit.core.files import load_state_strict
 from prunekit.patterns import parse_pattern
 from prunekit.topology import get_module
 from prunekit.topology.base import is_conv1d
@@ -140,6 +141,4 @@ def load_nm_compressed(model: nn.Module, path: str | Path) -> nn.Module:
         state = decompress_state(*read_nm_file(path))
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
         raise PrunekitError(f"{path} is corrupt or truncated ({exc}); restore it or re-run the job") from exc
-    from prunekit.runs.io import load_state_strict
-
     return load_state_strict(model, state, f"{path} does not match the model", "give the model it was saved from")

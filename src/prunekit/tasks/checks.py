@@ -8,8 +8,8 @@ Thresholds (each refusal is one UsageError line naming the file, the numbers and
 - classification (and pair-classification) training data has at least MIN_CLASSES (2) distinct labels: with one
   class every prediction is right and accuracy says 1.0;
 - evaluation data (`prunekit evaluate --data FILE`) has at least MIN_SPLIT_ROWS (1) row, or its metrics are NaN;
-- a max_length is at most the positions the model has: config.max_position_embeddings (GPT-2's n_positions), less
-  padding_idx + 1 for the RoBERTa-style families that number positions from padding_idx + 1 (ROBERTA_LIKE).
+- a max_length is at most the positions the model has (topology.max_positions), less padding_idx + 1 for the
+  RoBERTa-style families that number positions from padding_idx + 1 (topology.position_offset).
   Models without such a field (relative or rotary positions without a recorded limit) are not checked.
 """
 
@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prunekit.core.errors import UsageError
+from prunekit.topology import max_positions, position_offset
 
 MIN_SPLIT_ROWS = 1
 MIN_CLASSES = 2
@@ -110,29 +111,14 @@ def check_eval_rows(n: int, where: str) -> None:
 
 # --- model limits ----------------------------------------------------------------------------------------------
 
-# families whose position ids start at padding_idx + 1 (fairseq style), so max_position_embeddings - (pad + 1) fit
-ROBERTA_LIKE = frozenset(
-    {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer", "data2vec-text", "ibert",
-     "roberta-prelayernorm", "luke", "markuplm", "xmod"}
-)  # fmt: skip
-
 
 def position_limit(model_config: Any) -> int | None:
     """The longest sequence (tokens) the model's position embeddings cover, or None when it records none."""
-    limit = None
-    for field in ("max_position_embeddings", "n_positions"):
-        value = getattr(model_config, field, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            limit = value
-            break
+    limit = max_positions(model_config)
     if limit is None:
         return None
-    if getattr(model_config, "model_type", None) in ROBERTA_LIKE:
-        pad = getattr(model_config, "pad_token_id", None)
-        offset = pad + 1 if isinstance(pad, int) and pad >= 0 else 0
-        if limit - offset > 0:
-            limit -= offset
-    return limit
+    offset = position_offset(model_config)  # position ids from padding_idx + 1 (RoBERTa-style numbering)
+    return limit - offset if limit - offset > 0 else limit
 
 
 def check_max_length(model_config: Any, max_length: int, *, key: str = "train.max_length") -> None:

@@ -9,7 +9,21 @@ from prunekit.topology.base import (
     linear_shape,
     weight_view,
 )
-from prunekit.topology.families import SUPPORTED_MODEL_TYPES, describe, family_of
+from prunekit.topology.families import (
+    SUPPORTED_MODEL_TYPES,
+    config_heads,
+    describe,
+    embedding_segments,
+    family_of,
+    ffn_width_key,
+    heads_in_config,
+    is_decoder,
+    layers_key,
+    learned_positions,
+    max_positions,
+    position_offset,
+    supported_class_prefixes,
+)
 
 __all__ = [
     "AttentionSpec",
@@ -17,9 +31,19 @@ __all__ = [
     "FFNSpec",
     "SUPPORTED_MODEL_TYPES",
     "Topology",
+    "config_heads",
     "describe",
+    "embedding_segments",
     "family_of",
+    "ffn_width_key",
     "get_module",
+    "heads_in_config",
+    "is_decoder",
+    "layers_key",
+    "learned_positions",
     "linear_shape",
+    "max_positions",
+    "position_offset",
+    "supported_class_prefixes",
     "weight_view",
 ]

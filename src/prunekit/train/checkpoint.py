@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,32 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prunekit.core.errors import PrunekitError
-from prunekit.runs.io import sha256_file
+from prunekit.core.files import fault_point, fsync_dir, sha256_file
 
 PREFIX = "step-"
 MARKER = "COMPLETE"
-
-
-_FAULT_COUNTS: dict[str, int] = {}
-
-
-def fault_point(kind: str) -> None:
-    """TEST HOOK, inert unless the environment sets PRUNEKIT_FAULT_AT="KIND:N": then the process SIGKILLs itself
-    (no cleanup, no flush: like `kill -9`) the N-th time it reaches the fault point KIND. Points:
-    `checkpoint` midway through writing a checkpoint (weights written, the rest not), `step` right after an
-    optimizer step, `save` midway through writing a model folder (weights written, manifest not).
-    "KIND:N:INT" or "KIND:N:TERM" sends SIGINT / SIGTERM instead of SIGKILL.
-    Used by tests/test_faults.py."""
-    spec = os.environ.get("PRUNEKIT_FAULT_AT")
-    if not spec:
-        return
-    want, _, rest = spec.partition(":")
-    count, _, sig = rest.partition(":")  # "KIND:N:INT" / "KIND:N:TERM" send that signal instead (Ctrl-C tests)
-    if want != kind:
-        return
-    _FAULT_COUNTS[kind] = _FAULT_COUNTS.get(kind, 0) + 1
-    if _FAULT_COUNTS[kind] == int(count or 1):
-        os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'KILL'}", signal.SIGTERM))
 
 
 def rng_state() -> dict[str, Any]:
@@ -84,17 +61,6 @@ def state_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def save_checkpoint(root: Path, step: int, *, model_state: dict, trainer_state: dict, extra: dict, keep: int) -> Path:
     """Write checkpoint `step` under `root` atomically, then drop all but the newest `keep`."""
     root.mkdir(parents=True, exist_ok=True)
@@ -114,7 +80,7 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict, trainer_state: 
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

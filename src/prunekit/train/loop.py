@@ -22,11 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import get_linear_schedule_with_warmup
 
-from prunekit.methods.base import Dense, Method
+from prunekit.masks import sparsity_report
+from prunekit.methods.base import Method
+from prunekit.methods.baselines.dense import Dense
 from prunekit.topology import describe
 from prunekit.train import checkpoint as ckpt
 from prunekit.train.config import TrainConfig
+from prunekit.train.distill import distill_terms, kd_token_mask, needs_attentions, needs_hidden
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln_1.weight", "ln_2.weight", "ln_f")
 
@@ -145,20 +149,16 @@ class Trainer:
         self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
         self.method.planned_steps = self.total_steps
         self.optimizer = torch.optim.AdamW(_param_groups(model, self.method, self.cfg.weight_decay), lr=self.cfg.lr)
-        from transformers import get_linear_schedule_with_warmup
-
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(self.cfg.warmup_ratio * self.total_steps), max(self.total_steps, 1)
         )
         self._student_attn = None
-        if teacher is not None and distill is not None:
-            from prunekit.train.distill import needs_attentions
-
-            if needs_attentions(distill):  # sdpa returns no attention probabilities: distil them with eager
-                self._student_attn = _attn_implementation(model)
-                for m in (model, teacher):
-                    if _attn_implementation(m) != "eager":
-                        m.set_attn_implementation("eager")
+        # sdpa returns no attention probabilities: distil them with eager
+        if teacher is not None and distill is not None and needs_attentions(distill):
+            self._student_attn = _attn_implementation(model)
+            for m in (model, teacher):
+                if _attn_implementation(m) != "eager":
+                    m.set_attn_implementation("eager")
         self.wrapped, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         if teacher is not None:
             self.teacher = teacher.to(self.accelerator.device).eval()
@@ -254,8 +254,6 @@ class Trainer:
         outputs = self.wrapped(**batch, **self._output_flags())
         terms: dict[str, torch.Tensor] = {}
         if self.teacher is not None and self.distill is not None:
-            from prunekit.train.distill import distill_terms, kd_token_mask
-
             with torch.no_grad():
                 t_out = self.teacher(**batch, **self._output_flags())
             causal = self.task.kind in ("causal-lm", "summarization")
@@ -270,7 +268,6 @@ class Trainer:
     def _output_flags(self) -> dict:
         if self.distill is None or self.teacher is None:
             return {}
-        from prunekit.train.distill import needs_attentions, needs_hidden
 
         flags = {}
         if needs_hidden(self.distill):
@@ -307,8 +304,6 @@ class Trainer:
         return record
 
     def _sparsity(self) -> dict[str, float]:
-        from prunekit.masks import sparsity_report
-
         model = self.accelerator.unwrap_model(self.wrapped)
         return {"sparsity": round(sparsity_report(model, self.method.masks(), self.method.topo)["sparsity"], 5)}
 

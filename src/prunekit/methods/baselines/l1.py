@@ -14,31 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 
 from prunekit.importance.magnitude import magnitude_masks
 from prunekit.masks import MaskSet, masks_from_zeros, merge, zero_masked
 from prunekit.methods.base import Method, register
-from prunekit.methods.baselines.shrinkage import Pull, ShrinkConfig, ShrinkState
+from prunekit.methods.baselines.config import L1Config
+from prunekit.methods.baselines.shrinkage import Pull, ShrinkState
+from prunekit.methods.baselines.zeros import dead_inputs, dead_structure, exact_magnitude_cut
 from prunekit.patterns import kept_count
 from prunekit.topology import Topology, get_module, weight_view
-
-
-class L1Config(ShrinkConfig):
-    # loss form: sum |W| is large (about 2.5e6 for BERT-base's blocks), so 1e-4 gives every weight a gradient of
-    # 1e-4 * sign(w): comparable to task gradients, as NeuroPrune's default with the same scale
-    alpha: float = Field(default=1e-4, ge=0)
-    eps: float = Field(default=1e-4, ge=0)  # |w| <= eps counts as zero (logged, and cut at the end)
-    pattern: str = "unstructured"  # of the final cut to target_sparsity: unstructured | neuron
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str) -> str:
-        v = str(v).strip().lower().rstrip("s")
-        if v not in ("unstructured", "neuron"):
-            raise ValueError("the final cut of l1 is 'unstructured' or 'neuron'")
-        return v
 
 
 @register
@@ -87,8 +72,6 @@ class L1(Method):
         if c.target_sparsity is not None:
             mode, logged = self.shrink.control(step, total_steps, self._near_zero())
         if c.penalty == "proximal" and mode != "none":
-            from prunekit.methods.neuroprune.method import dead_structure
-
             logged["shrink"] = self.shrink.step(self._pulls(), total_steps, mode, logged.get("near_zero_goal"))
             zero_masked(self.model, dead_structure(self.model, self.topo), self.topo)  # as NeuroPrune: see there
         self.shrink.near = self._near_zero()
@@ -109,7 +92,6 @@ class L1(Method):
     def finalize(self, model: nn.Module) -> MaskSet | None:
         # the same end as NeuroPrune's (eps threshold or exact cut, then dead structure incl. gated FFNs), so the
         # two differ only in their regularisers
-        from prunekit.methods.neuroprune.method import dead_structure, exact_magnitude_cut
 
         c, topo = self.config, self.topo
         names = topo.prunable_linears()
@@ -117,7 +99,7 @@ class L1(Method):
         if c.target_sparsity is not None and c.pattern == "neuron":
             masks = magnitude_masks(model, topo=topo, pattern="neuron", sparsity=c.target_sparsity, scope="global")
             zero_masked(model, masks, topo)
-            return merge(masks, masks_from_zeros(model, topo), _dead_inputs(model, topo))
+            return merge(masks, masks_from_zeros(model, topo), dead_inputs(model, topo))
         if c.target_sparsity is not None:
             keep = kept_count(sum(w.numel() for w in weights), c.target_sparsity)
             structure, _ = exact_magnitude_cut(model, topo, keep, lambda m: dead_structure(m, topo))
@@ -131,22 +113,3 @@ class L1(Method):
             masks.weights[name] = w != 0
             masks.patterns[name] = "unstructured"
         return masks
-
-
-def _dead_inputs(model: nn.Module, topo: Topology) -> MaskSet:
-    """Neurons whose input rows (W1, or gate and up) and input biases are all zero: their pre-activation is 0
-    and GELU / ReLU / SiLU of 0 is 0, so they contribute nothing. (A zero row with a non-zero bias gives a
-    constant output and is kept: removing it would change the function.)"""
-    masks = MaskSet()
-    for b in topo.blocks:
-        if b.ffn is None or not b.ffn.width:
-            continue
-        live = None
-        for name in b.ffn.inputs:
-            module = get_module(model, name)
-            row = weight_view(module).abs().sum(1) > 0
-            if getattr(module, "bias", None) is not None:
-                row |= module.bias != 0
-            live = row if live is None else live | row
-        masks.layer(b.index).neurons = live
-    return masks

@@ -9,18 +9,17 @@ shared with movement pruning (methods/movement.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from prunekit.core.errors import UsageError
-from prunekit.importance.magnitude import MagnitudeConfig, check_scope, magnitude_masks
+from prunekit.importance.magnitude import MagnitudeConfig, magnitude_masks
 from prunekit.masks import LayerMask, MaskSet, element_masks, merge, zero_masked
-from prunekit.methods.base import Method, MethodConfig, check_patterns_fit, register
-from prunekit.patterns import check_sparsity, parse_pattern
+from prunekit.methods.base import Method, check_patterns_fit, register
+from prunekit.methods.baselines.config import GradualMagnitudeConfig, ScheduleConfig
+from prunekit.patterns import parse_pattern
 from prunekit.topology import Topology, get_module, weight_view
 
 
@@ -38,55 +37,6 @@ def cubic_sparsity(
         return float(final)
     frac = (step - t0) / (t1 - t0)
     return float(final + (initial - final) * (1.0 - frac) ** 3)
-
-
-def normalize_patterns(value: str | Sequence[str], allowed: Sequence[str]) -> list[str]:
-    """One pattern or a list of them, in canonical spelling; at most one fine-grained pattern, because two
-    of them on the same weights would each claim the whole sparsity budget."""
-    items = [value] if isinstance(value, str) else list(value)
-    if not items:
-        raise UsageError("pattern: give at least one pattern, e.g. unstructured, 2:4, 8x8, head or neuron")
-    out: list[str] = []
-    for item in items:
-        pattern = parse_pattern(item)
-        if pattern.kind not in allowed:
-            raise UsageError(f"pattern '{item}' is not supported by this method: use one of {', '.join(allowed)}")
-        if str(pattern) in out:
-            raise UsageError(f"pattern '{item}' is listed twice")
-        out.append(str(pattern))
-    if sum(parse_pattern(p).fine_grained for p in out) > 1:
-        raise UsageError(f"patterns {out}: combine at most one of unstructured, N:M and BxB (with head/neuron/row)")
-    return out
-
-
-class ScheduleConfig(MethodConfig):
-    """The cubic schedule's fields, shared by gradual magnitude and movement pruning."""
-
-    sparsity: float = 0.5  # final fraction removed (of weights, or of heads / neurons for those patterns)
-    initial_sparsity: float = 0.0  # s_i, reached at `start`
-    start: float = 0.1  # fraction of the optimizer steps trained dense before pruning starts
-    end: float = 0.7  # fraction of the steps at which the final sparsity is reached (then fine-tune masked)
-    update_every: int | None = Field(default=None, ge=1)  # steps between mask updates; None: the method's default
-
-    @field_validator("sparsity", "initial_sparsity")
-    @classmethod
-    def _sparsity(cls, v: float) -> float:
-        return check_sparsity(v)
-
-    @field_validator("start", "end")
-    @classmethod
-    def _fraction(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError("must be a fraction of the training steps, in [0, 1]")
-        return float(v)
-
-    @model_validator(mode="after")
-    def _order(self) -> ScheduleConfig:
-        if self.end < self.start:
-            raise ValueError(f"end ({self.end}) must not come before start ({self.start})")
-        if self.initial_sparsity > self.sparsity:
-            raise ValueError(f"initial_sparsity ({self.initial_sparsity}) exceeds sparsity ({self.sparsity})")
-        return self
 
 
 class GradualSchedule:
@@ -154,24 +104,6 @@ def maskset_from_state(state: dict[str, Any]) -> MaskSet:
     masks.weights = {k: v.bool() for k, v in state["weights"].items()}
     masks.patterns = dict(state["patterns"])
     return masks
-
-
-class GradualMagnitudeConfig(ScheduleConfig):
-    """`pattern`: unstructured | N:M (e.g. 2:4; fixed at `start`, `sparsity` does not apply) | BxB (e.g. 32x32)
-    | head | neuron | row, or a list of them (e.g. [head, neuron]), each pruned to the same sparsity."""
-
-    pattern: str | list[str] = Field(default="unstructured", validate_default=True)
-    scope: str = "global"  # global: one ranking over all layers; layer: per matrix (fine-grained) or per layer
-    pad_tail: bool = False  # N:M: keep a trailing partial group dense instead of refusing the shape
-    min_heads: int = Field(default=1, ge=0)  # never empty a layer's attention unless 0
-    min_neurons: int = Field(default=1, ge=0)
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str | list[str]) -> list[str]:
-        return normalize_patterns(v, ("unstructured", "nm", "block", "head", "neuron", "row"))
-
-    _scope = field_validator("scope")(check_scope)
 
 
 @register

@@ -18,15 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.importance import keep_counts, select_heads
-from prunekit.importance.magnitude import check_scope
 from prunekit.masks import MaskSet, zero_masked
 from prunekit.methods.base import Method, check_patterns_fit, register
-from prunekit.methods.baselines.magnitude import GradualSchedule, ScheduleConfig, normalize_patterns
+from prunekit.methods.baselines.config import MovementConfig
+from prunekit.methods.baselines.magnitude import GradualSchedule
 from prunekit.patterns import check_block, kept_count, nm_mask, parse_pattern, topk_mask
 from prunekit.topology import Topology, get_module, weight_view
 from prunekit.topology.base import is_conv1d
@@ -84,25 +83,6 @@ def _nm_top(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     groups = scores.reshape(out_f, in_f // m, m)
     keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(n, dim=-1).indices, True)
     return keep.reshape(out_f, in_f)
-
-
-class MovementConfig(ScheduleConfig):
-    """`pattern`: unstructured | N:M (e.g. 2:4, from `start` on; `sparsity` does not apply) | BxB (scores per
-    tile) | head | neuron, or a list such as [head, neuron], each pruned to the same sparsity."""
-
-    pattern: str | list[str] = Field(default="unstructured", validate_default=True)
-    scope: str = "layer"  # layer: Top-K per matrix (per layer for heads / neurons), as Sanh et al.; or global
-    score_lr: float = Field(default=1e-2, gt=0)  # the scores' own optimizer group (no weight decay)
-    score_init: float = 0.0
-    min_heads: int = Field(default=1, ge=0)  # never empty a layer's attention unless 0
-    min_neurons: int = Field(default=1, ge=0)
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str | list[str]) -> list[str]:
-        return normalize_patterns(v, ("unstructured", "nm", "block", "head", "neuron"))
-
-    _scope = field_validator("scope")(check_scope)
 
 
 # (module name, block index, parametrization) for each targeted weight of one pattern

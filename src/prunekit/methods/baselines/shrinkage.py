@@ -24,50 +24,15 @@ controller must not overshoot.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field, field_validator, model_validator
 
-from prunekit.methods.base import MethodConfig
+from prunekit.methods.baselines.config import ShrinkConfig
 from prunekit.methods.baselines.magnitude import cubic_sparsity
-from prunekit.patterns import check_sparsity
 
 QUANTILE_SAMPLE = 1 << 21  # scores drawn (seeded) to place the target quantile: exact enough, bounded memory
 
 # one thresholded matrix: (name, its (out, in) weight view, omega broadcastable to it)
 Pull = tuple[str, torch.Tensor, torch.Tensor | float]
-
-
-class ShrinkConfig(MethodConfig):
-    """Fields every regularised-fine-tuning method shares (l1, neuroprune)."""
-
-    penalty: Literal["proximal", "loss"] = "proximal"  # loss: the paper's loss terms through the optimizer
-    # proximal, no target: total pull over the run in units of each matrix's mean |w|. Uncapped, the pull also
-    # shrinks every surviving weight (~0.7 std of it took MiniLM-L6 to chance), so the default stays small; target
-    # mode sets the strength itself (the value cancels out of lambda_t)
-    shrink: float = Field(default=0.1, gt=0)
-    target_sparsity: float | None = None  # set: steered to the cubic schedule, exact magnitude cut at the end
-    start: float = Field(default=0.0, ge=0, le=1)  # target mode: the schedule leaves 0 here (fraction of steps)
-    end: float = Field(default=0.7, ge=0, le=1)  # ...and reaches the target here (also: best-checkpoint selection)
-    # target mode, proximal: pull only entries below the target quantile of |w| / m (capped L1,
-    # Zhang 2010: its proximal map leaves large weights alone). Plain L1 also shrinks every surviving weight by the
-    # whole pull, ~0.7 std at 50% sparsity, far more than a few hundred AdamW steps can restore (measured: the task
-    # loss went from 0.30 to 0.64 on MiniLM-L6 / RT by 59% sparsity)
-    capped: bool = True
-    control_rate: float = Field(default=0.02, gt=0, le=1)  # multiplicative change of the scale per step
-    max_scale: float = Field(default=1e4, ge=1)  # loss form: the scale stays in [1 / max_scale, max_scale]
-
-    @field_validator("target_sparsity")
-    @classmethod
-    def _target(cls, v: float | None) -> float | None:
-        return None if v is None else check_sparsity(v, "target_sparsity")
-
-    @model_validator(mode="after")
-    def _order(self) -> ShrinkConfig:
-        if self.end < self.start:
-            raise ValueError(f"end ({self.end}) must not come before start ({self.start})")
-        return self
 
 
 @torch.no_grad()

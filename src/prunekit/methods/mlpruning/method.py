@@ -31,19 +31,20 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunekit.compact.remove import compact
+from prunekit.kernels import pack_block_sparse
 from prunekit.masks import MaskSet, block_parameter_count, zero_masked
-from prunekit.methods.base import Method, MethodConfig, NextStage, register
+from prunekit.methods.base import Method, NextStage, register
+from prunekit.methods.mlpruning.config import UNIT_TYPES, MLPruningConfig
 from prunekit.topology import Topology, describe, get_module, linear_shape
 from prunekit.topology.base import is_conv1d
 
-UNIT_TYPES = ("heads", "attn_rows", "neurons", "ffn_rows")
 UNITS_ATTR = "mlpruning"  # the ModuleDict on each block that holds its units' scores and thresholds
 
 
@@ -245,60 +246,6 @@ def adaptive_penalty(
 
 
 # ---------------------------------------------------------------- the method
-
-
-class MLPruningConfig(MethodConfig):
-    """`step`: 1 (heads and rows), 2 (blocks, e.g. of a step-1 run given as `model`) or both in one run."""
-
-    step: Literal[1, 2, "both"] = "both"
-    units: list[Literal["heads", "attn_rows", "neurons", "ffn_rows"]] = list(UNIT_TYPES)
-    target: float = Field(0.5, gt=0, le=1)  # tau1: fraction of the blocks' weights (and biases) kept by step 1
-    block_target: float = Field(0.35, gt=0, le=1)  # tau2: fraction of the remaining matrices' weights step 2 keeps
-    block: int = Field(32, ge=1)  # B of the B x B blocks; step 1 rounds kept units up to it
-    round_to_block: bool = True  # step 1 ends with kept units rounded up to a multiple of `block` (then compacted)
-    score_lr: float = Field(1e-2, gt=0)  # scores: their own optimizer group, no decay (Top-k reads only their order)
-    # thresholds: their own group, no decay and no momentum (the regulariser's gradient vanishes at the target, and
-    # momentum carries a threshold past it). auto = (threshold_init - logit(target)) / (reach * the stage's steps):
-    # Adam moves a threshold about its lr per step, so it can get from its start to the target in the first
-    # `reach` of the stage (~0.4 with the default warm-up and linear decay), whatever the stage's length
-    threshold_lr: float | Literal["auto"] = "auto"
-    reach: float = Field(0.3, gt=0, le=1)
-    threshold_betas: tuple[float, float] = (0.0, 0.9)
-    score_init: float = 0.0
-    threshold_init: float = 10.0
-    lambda_final: float = Field(2e4, ge=0)
-    lambda_min: float = Field(50.0, ge=0)
-    lambda_small: float = Field(10.0, ge=0)  # lambda once R < small_penalty
-    small_penalty: float = Field(3e-4, ge=0)
-    pack: Literal["auto", "always", "never"] = "auto"  # block-sparse kernels after step 2: where timed faster
-    pack_tokens: int = Field(4096, ge=1)  # tokens per batch the packing decision is timed at (32 x 128)
-    min_speedup: float = Field(1.05, gt=0)
-    # the trainer keeps its best validation checkpoint only from this fraction of a stage's steps on, when the
-    # regulariser has brought the density to its target
-    end: float = Field(0.5, ge=0, le=1)
-
-    @field_validator("threshold_lr")
-    @classmethod
-    def _threshold_lr(cls, v: float | str) -> float | str:
-        if v != "auto" and not float(v) > 0:
-            raise ValueError("threshold_lr must be positive, or auto")
-        return v
-
-    @field_validator("threshold_betas")
-    @classmethod
-    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in v):
-            raise ValueError("threshold_betas must lie in [0, 1), e.g. [0.0, 0.9]")
-        return v
-
-    @field_validator("units")
-    @classmethod
-    def _units(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("give at least one unit type: heads, attn_rows, neurons, ffn_rows")
-        if len(set(v)) != len(v):
-            raise ValueError("a unit type is listed twice")
-        return list(v)
 
 
 @register
@@ -563,7 +510,6 @@ class MLPruning(Method):
         switch to block pruning; returns the step-2 teacher (a copy of the compacted model). None when done."""
         if self.config.step != "both" or self.step != 1 or not self._units:
             return None
-        from prunekit.compact.remove import compact
 
         masks = self._end_step1(model)
         compact(model, masks, self.topo)
@@ -589,8 +535,6 @@ class MLPruning(Method):
             self._remove(model, leave=True)
         zero_masked(model, masks, self.topo)
         if self.step == 2 and self.config.pack != "never":
-            from prunekit.kernels import pack_block_sparse
-
             self.pack_report = pack_block_sparse(
                 model,
                 names=list(masks.weights),

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from prunekit.importance.magnitude import magnitude_masks
 from prunekit.masks import MaskSet, merge
+from prunekit.methods.nas.reorder import importance
 from prunekit.topology import Topology
 
 BASELINES = ("heads", "layers", "magnitude")
@@ -31,8 +33,6 @@ def michel_heads(
     model: nn.Module, topo: Topology, batches: Callable[[], Iterable[dict]], fractions: list[float], step: float = 0.1
 ) -> dict[float, MaskSet]:
     """Head masks at each removed fraction; units are KV groups (one head each without grouped-query attention)."""
-    from prunekit.methods.nas.reorder import importance
-
     layers = [b for b in topo.blocks if b.attention is not None and b.attention.num_heads]
     keep = {b.index: torch.ones(b.attention.num_kv_heads, dtype=torch.bool) for b in layers}
     group = {b.index: b.attention.group_size for b in layers}
@@ -73,8 +73,6 @@ def drop_layers(topo: Topology, fractions: list[float]) -> dict[float, MaskSet]:
 
 
 def magnitude(model: nn.Module, topo: Topology, fractions: list[float]) -> dict[float, MaskSet]:
-    from prunekit.importance.magnitude import magnitude_masks
-
     return {
         f: merge(
             magnitude_masks(model, topo=topo, pattern="head", sparsity=f, scope="layer"),

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunekit.bench import count_parameters, flops_per_token
+from prunekit.compact.remove import compact
 from prunekit.masks import MaskSet, kv_heads_kept
 from prunekit.topology import Topology, describe, family_of, get_module, linear_shape
 
@@ -65,24 +67,18 @@ def _removed(model: nn.Module, topo: Topology, masks: MaskSet, seq_len: int) -> 
 
 def subnet_parameters(model: nn.Module, masks: MaskSet, topo: Topology | None = None) -> int:
     """All parameters of the compacted sub-network (embeddings and head included, tied weights once)."""
-    from prunekit.bench import count_parameters
-
     topo = topo or describe(model)
     return int(count_parameters(model, topo)["total"]) - _removed(model, topo, masks, 1)[0]
 
 
 def subnet_block_parameters(model: nn.Module, masks: MaskSet, topo: Topology | None = None) -> int:
     """Parameters of the compacted sub-network's transformer blocks (the part a structural search can shrink)."""
-    from prunekit.bench import count_parameters
-
     topo = topo or describe(model)
     return int(count_parameters(model, topo)["blocks"]) - _removed(model, topo, masks, 1)[0]
 
 
 def subnet_flops(model: nn.Module, masks: MaskSet, seq_len: int, topo: Topology | None = None) -> float:
     """Forward FLOPs per token of the compacted sub-network at `seq_len` (prunekit.bench's convention)."""
-    from prunekit.bench import flops_per_token
-
     topo = topo or describe(model)
     return float(flops_per_token(model, seq_len, topo)["total"]) - _removed(model, topo, masks, seq_len)[1]
 
@@ -91,7 +87,5 @@ def subnet_flops(model: nn.Module, masks: MaskSet, seq_len: int, topo: Topology 
 def compacted_copy(model: nn.Module, masks: MaskSet) -> nn.Module:
     """The sub-network as a physically smaller model (the super-network is left untouched)."""
     import copy
-
-    from prunekit.compact.remove import compact
 
     return compact(copy.deepcopy(model), masks).eval()

@@ -6,7 +6,7 @@ unit's output, summed over batches of training data, with the fine-tuned model. 
 of the weights each unit owns (Q/K/V rows, output-projection columns; FFN input rows, output columns), so the
 network computes exactly the same function. Grouped-query attention: KV groups move with their query heads and
 query heads move only within their group. MPNet's relative-position bias is shared by all layers, so a
-permuted layer selects its heads' bias with the index compaction already uses for kept heads.
+permuted layer selects its heads' bias through the family's heads hook, as compaction does for kept heads.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from prunekit.importance.gates import GateHooks
+from prunekit.masks import LayerMask, MaskSet
 from prunekit.topology import Topology, family_of, get_module, weight_view
 from prunekit.topology.families import head_feature_index
 
@@ -122,17 +123,6 @@ def check_group_order(perm: torch.Tensor, num_kv: int) -> torch.Tensor:
     return owners[:, 0]
 
 
-def _mpnet_index(core: nn.Module, perm: torch.Tensor) -> None:
-    """Compose the layer's position-bias head index with `perm`; drop it when it becomes the identity."""
-    from prunekit.compact.remove import _mpnet_position_bias
-
-    _mpnet_position_bias(core, perm.to(next(core.parameters()).device))
-    if torch.equal(core.kept_heads.cpu(), torch.arange(core.kept_heads.numel())):
-        core._prunekit_hook.remove()
-        core._prunekit_hook = None
-        del core._buffers["kept_heads"]
-
-
 @torch.no_grad()
 def permute(model: nn.Module, topo: Topology, order: UnitOrder) -> None:
     """Reorder the units in place (new unit j = original unit order[j]); the function is unchanged."""
@@ -151,8 +141,7 @@ def permute(model: nn.Module, topo: Topology, order: UnitOrder) -> None:
                 _rows(get_module(model, a.k), kv_idx)
                 _rows(get_module(model, a.v), kv_idx)
             _cols(get_module(model, a.o), q_idx)
-            if fam.name == "mpnet":
-                _mpnet_index(get_module(model, a.core), perm)
+            fam.heads_kept(get_module(model, a.core), perm, permutation=True)
         perm = order.neurons[b.index]
         if b.ffn is not None and perm is not None:
             for name in b.ffn.inputs:
@@ -167,8 +156,6 @@ def unpermute(model: nn.Module, topo: Topology, order: UnitOrder) -> None:
 
 def to_original(masks, order: UnitOrder):
     """Masks over reordered units as masks over the original units (what a model in original order needs)."""
-    from prunekit.masks import LayerMask, MaskSet
-
     out = MaskSet(weights=dict(masks.weights), patterns=dict(masks.patterns))
     for i, lm in masks.layers.items():
         new = LayerMask(drop_attention=lm.drop_attention, drop_ffn=lm.drop_ffn)

@@ -184,7 +184,7 @@ def _size(space: SearchSpace) -> float:
 RUNNERS = {"random": random_search, "local": local_search, "nsga2": nsga2, "morea": morea}
 
 
-def run_search(
+def multi_objective_search(
     searcher: str,
     space: SearchSpace,
     problem: Problem,

@@ -24,41 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 
 from prunekit.importance.gates import GateHooks
 from prunekit.masks import MaskSet
-from prunekit.methods.base import Method, MethodConfig, register
-from prunekit.methods.nas.space import SearchSpace, check_space_name, make_space
+from prunekit.methods.base import Method, register
+from prunekit.methods.nas.config import NASConfig
+from prunekit.methods.nas.space import SearchSpace, make_space
 from prunekit.topology import Topology
-
-STRATEGIES = ("standard", "random", "random_linear", "sandwich", "kd", "full")
-
-
-class NASConfig(MethodConfig):
-    space: str = "small"  # small | medium | layer | large (METHODS.md 4a)
-    strategy: str = "full"  # see the module docstring
-    num_random: int | None = Field(None, ge=1)  # random sub-networks per step; None: 1 (random), 2 (others)
-    temperature: float = Field(1.0, gt=0)  # in-place distillation
-    reorder: bool = True  # sort heads / neurons by importance before prefix masking
-    importance_examples: int = Field(256, ge=1)  # training examples for the importance scores
-    seed: int = Field(0, ge=0)  # sub-network sampling
-
-    _space = field_validator("space")(check_space_name)
-
-    @field_validator("strategy")
-    @classmethod
-    def _strategy(cls, v: str) -> str:
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown training strategy '{v}': use one of {', '.join(STRATEGIES)}")
-        return v
-
-    @property
-    def random_count(self) -> int:
-        if self.num_random is not None:
-            return self.num_random
-        return 1 if self.strategy in ("random", "random_linear") else 2
+from prunekit.train.distill import kd_token_mask, logits_kd
 
 
 @register
@@ -138,8 +112,6 @@ class NAS(Method):
     # ------------------------------------------------------------ trainer protocol
 
     def loss_terms(self, model: nn.Module, batch: dict, outputs: Any) -> dict[str, torch.Tensor]:
-        from prunekit.train.distill import kd_token_mask, logits_kd
-
         plan = self.plan(self._step)
         terms: dict[str, torch.Tensor] = {}
         for j, (kind, masks) in enumerate(plan[1:], start=1):

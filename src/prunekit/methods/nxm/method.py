@@ -17,33 +17,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 
 from prunekit.core.errors import UsageError
 from prunekit.masks import MaskSet, zero_masked
-from prunekit.methods.base import Method, MethodConfig, check_patterns_fit, register
-from prunekit.methods.baselines.magnitude import GradualMagnitude, GradualMagnitudeConfig
-from prunekit.patterns import Pattern, nm_mask, parse_pattern
+from prunekit.methods.base import Method, check_patterns_fit, register
+from prunekit.methods.baselines.config import GradualMagnitudeConfig
+from prunekit.methods.baselines.magnitude import GradualMagnitude
+from prunekit.methods.nxm.config import AdmmConfig, AspConfig, parse_nm
+from prunekit.patterns import Pattern, nm_mask
 from prunekit.topology import Topology, get_module, weight_view
-
-
-def parse_nm(text: str) -> Pattern:
-    """An N:M pattern, or a UsageError that points at the paper's reversed spelling when that is the mistake."""
-    s = str(text).strip()
-    parts = s.split(":")
-    if len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) > int(parts[1]) > 0:
-        raise UsageError(
-            f"invalid N:M pattern '{s}': prunekit writes N:M as 'keep N of every M' (NVIDIA's spelling), "
-            f"so the paper's '{s}' is '{parts[1]}:{parts[0]}' here"
-        )
-    pattern = parse_pattern(s)
-    if pattern.kind != "nm":
-        raise UsageError(f"pattern '{s}' is not N:M: this method takes an N:M pattern such as 2:4 or 4:8")
-    return pattern
 
 
 def check_targets(model: nn.Module, names: list[str], pattern: Pattern, pad_tail: bool) -> None:
@@ -54,45 +40,6 @@ def check_targets(model: nn.Module, names: list[str], pattern: Pattern, pad_tail
             nm_mask(torch.zeros(1, w.shape[1]), pattern.n, pattern.m, pad_tail)
         except UsageError as exc:
             raise UsageError(f"module '{name}': {exc}") from None
-
-
-class AdmmConfig(MethodConfig):
-    """Recipe section of `admm`. `end` is the fraction of the optimizer steps run under ADMM before the hard
-    prune (then masked retraining); the paper's 10 ADMM epochs + 1 retraining epoch is end ~ 0.9."""
-
-    pattern: str = "2:4"  # N:M, keep N of every M consecutive inputs
-    rho: float = Field(default=1e-3, gt=0)  # penalty weight (paper grid 1e-3, 4e-3, 1e-2)
-    # proximal (default): after each optimizer step W moves a fraction `pull` of the way to Z - U (the penalty's
-    # proximal step), so the W-step converges in a few hundred steps whatever the optimizer's step size. loss: the
-    # paper's (rho/2)||W - Z + U||^2 as a loss term; through Adam it moves W by at most ~lr per step, so on short
-    # budgets W never reaches Z and the primal residual grows (measured in docs/results.md).
-    w_step: Literal["loss", "proximal"] = "proximal"
-    pull: float = Field(default=0.01, gt=0, le=1)  # proximal: fraction per step (grows with rho when it grows)
-    rho_growth: float = Field(default=1.0, ge=1.0)  # rho *= rho_growth at every Z/U update (1: constant)
-    rho_max: float | None = Field(default=None, gt=0)  # cap for the grown rho
-    admm_interval: Literal["epoch"] | int = "epoch"  # Z/U update: at each epoch's end, or every N steps
-    end: float = 0.8  # fraction of the steps at which W = Pi(W) and the mask freezes
-    train_only_targets: bool = False  # the public code's choice: freeze embeddings, LayerNorms, classifier
-    pad_tail: bool = False  # keep a trailing partial group of inputs dense instead of refusing the shape
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str) -> str:
-        return str(parse_nm(v))
-
-    @field_validator("admm_interval")
-    @classmethod
-    def _interval(cls, v: str | int) -> str | int:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("admm_interval must be 'epoch' or a positive number of optimizer steps")
-        return v
-
-    @field_validator("end")
-    @classmethod
-    def _end(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError("must be a fraction of the training steps, in [0, 1]")
-        return float(v)
 
 
 @register
@@ -356,24 +303,14 @@ class Admm(Method):
 # ---------------------------------------------------------------------- ASP baseline
 
 
-class AspConfig(MethodConfig):
-    """Recipe section of `asp`: only the N:M pattern (the mask is fixed at step 0, there is no schedule)."""
-
-    pattern: str = "2:4"
-    pad_tail: bool = False
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern(cls, v: str) -> str:
-        return str(parse_nm(v))
-
-
 @register
 class Asp(GradualMagnitude):
     """NVIDIA ASP: one-shot magnitude N:M of the fine-tuned weights, then masked fine-tuning for the whole
     run. The `magnitude` method with its N:M mask computed and applied at attach, before the first step."""
 
     name = "asp"
+    # the recipe's fields (what `prunekit methods asp` lists); self.config is the magnitude config built from them
+    config_class = AspConfig
     is_baseline = True  # NVIDIA's one-shot 2:4 recipe, the reference ADMM is measured against
     needs_finetuned = True
 
