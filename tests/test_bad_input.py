@@ -23,8 +23,8 @@ import prunekit
 from prunekit import cli
 from prunekit.catalog import load_model
 from prunekit.core.errors import PrunekitError, UsageError
+from prunekit.core.files import fingerprint
 from prunekit.recipe import load_recipe
-from prunekit.runs.io import fingerprint
 from tiny import tiny_model
 from train_fixtures import sentiment_csv, tiny_bert_dir
 

@@ -2,7 +2,7 @@
 the dense stage and of the final model, and at random moments) resumes with --resume to the very same weights
 as an uninterrupted run; a corrupt newest checkpoint falls back to the previous one with a warning.
 
-The kills come from the test hook in prunekit.train.checkpoint.fault_point (PRUNEKIT_FAULT_AT="KIND:N": the
+The kills come from the test hook in prunekit.core.files.fault_point (PRUNEKIT_FAULT_AT="KIND:N": the
 process SIGKILLs itself the N-th time it reaches KIND) and, in the slow test, from outside at random times.
 """
 

@@ -56,7 +56,8 @@ def test_cli_lists_one_methods_fields_with_help():
     assert r.returncode == 0, r.stderr
     fields = {f["name"]: f for f in json.loads(r.stdout)}
     target = fields["target_sparsity"]
-    assert target["default"] is None and "None" in target["type"] and "sparsity" in target["help"]
+    assert target["default"] is None and target["type"] == "float | None"
+    assert target["help"] == NeuroPruneConfig.model_fields["target_sparsity"].description and "remove" in target["help"]
     assert fields["theta"]["default"] == 0.15 and fields["theta"]["help"]
     assert all(set(f) == {"name", "type", "default", "help"} and f["help"] for f in fields.values())
 

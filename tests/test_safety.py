@@ -16,7 +16,7 @@ import prunekit
 from prunekit import cli
 from prunekit.catalog import load_model
 from prunekit.core.errors import UsageError
-from prunekit.runs.io import fingerprint
+from prunekit.core.files import fingerprint
 from train_fixtures import sentiment_csv, tiny_bert_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "prunekit"

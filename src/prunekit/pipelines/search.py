@@ -28,6 +28,7 @@ from prunekit.bench import count_parameters, flops_per_token, measure_latency
 from prunekit.compact.remove import compact
 from prunekit.compact.structure import structure
 from prunekit.core.errors import UsageError
+from prunekit.core.files import fault_point
 from prunekit.masks import sparsity_report
 from prunekit.methods.nas import baselines as bl
 from prunekit.methods.nas.config import SearchSpec
@@ -62,7 +63,7 @@ from prunekit.runs.source import source_fingerprint, sparsity_summary
 from prunekit.tasks import get_task
 from prunekit.tasks.base import calibration_batches
 from prunekit.topology import describe
-from prunekit.train.checkpoint import fault_point, has_checkpoint
+from prunekit.train.checkpoint import has_checkpoint
 from prunekit.train.loop import train
 
 ORDER = "order.json"

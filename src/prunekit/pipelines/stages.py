@@ -13,8 +13,8 @@ from prunekit.api import load_source
 from prunekit.bench import bench
 from prunekit.catalog.datasets import DATASETS, _take, split_recipe
 from prunekit.core.errors import UsageError
+from prunekit.core.files import fingerprint
 from prunekit.recipe import DataSpec, Recipe
-from prunekit.runs.io import fingerprint
 from prunekit.runs.source import source_fingerprint, sparsity_summary  # noqa: F401
 from prunekit.tasks import load_data
 from prunekit.tasks.checks import check_max_length

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from prunekit.core.files import fault_point
 from prunekit.masks import sparsity_report
 from prunekit.methods.base import Method
 from prunekit.methods.baselines.dense import Dense
@@ -371,7 +372,7 @@ class Trainer:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     self.step += 1
-                    ckpt.fault_point("step")  # a test hook: inert unless PRUNEKIT_FAULT_AT is set
+                    fault_point("step")  # a test hook: inert unless PRUNEKIT_FAULT_AT is set
                     logged = self.method.on_step(self.step, self.total_steps)
                     self.method.enforce_masks(self.accelerator.unwrap_model(self.wrapped))
                     self.train_s = time.perf_counter() - start
