@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from transformers import DataCollatorWithPadding, TrainingArguments
 
-from prunekit import io  # prunekit: a run directory that prunekit.load(...) reads back
+from prunekit.runs import io  # prunekit: a run directory that prunekit.load(...) reads back
 from prunekit.catalog import load_model
 from prunekit.catalog.datasets import load_task_data
 from prunekit.integrations import PrunekitTrainer, finalize_and_compact  # prunekit

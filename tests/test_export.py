@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from prunekit import export
+from prunekit.runs import export
 from prunekit.compact.remove import check_equal, compact
 from prunekit.core.errors import PrunekitError, UsageError
 from prunekit.masks import LayerMask, MaskSet

@@ -138,7 +138,7 @@ def test_latency_objective_is_measured_on_the_compacted_candidate_once_and_a_sup
     super-network (stage 1 skipped) through a shared optuna study."""
     import torch
 
-    from prunekit import bench
+    from prunekit.pipelines import search as search_pipeline
     from prunekit.pipelines.search import extract, run_search
     from prunekit.recipe import load_recipe
 
@@ -148,7 +148,7 @@ def test_latency_objective_is_measured_on_the_compacted_candidate_once_and_a_sup
         calls.append(count_parameters(model)["total"])
         return {"median_ms": float(calls[-1])}
 
-    monkeypatch.setattr(bench, "measure_latency", fake_latency)
+    monkeypatch.setattr(search_pipeline, "measure_latency", fake_latency)
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -199,12 +199,12 @@ def test_recorded_paths_are_used_when_they_match(run):
     ["../../../../../../etc/passwd", "/etc/passwd", "/etc", "../data.csv", "~/../../etc/hostname", "{tmp}/other.csv"],
 )
 def test_manifest_cannot_point_evaluate_at_other_files(value, run, tmp_path, monkeypatch):
-    from prunekit import tasks
+    from prunekit import api
     from prunekit.api import evaluate_run
 
     (tmp_path / "other.csv").write_text("review,verdict\nsecret,pos\n")
     _set(run, _set_dataset(value.format(tmp=tmp_path)))
-    monkeypatch.setattr(tasks, "load_data", lambda *a, **k: pytest.fail("read a file the manifest named"))
+    monkeypatch.setattr(api, "load_data", lambda *a, **k: pytest.fail("read a file the manifest named"))
     with pytest.raises(UsageError, match=r"(does not exist here|does not match the checksum).*pass --data FILE"):
         evaluate_run(str(run))
 

@@ -1,4 +1,4 @@
-"""Python entry points; the CLI is a thin layer over these."""
+"""Python entry points; the CLI is a thin layer over these (it reaches the library only through this module)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,43 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.catalog import load_model
+from prunekit import bench, report
+from prunekit.catalog import datasets as dataset_catalog
+from prunekit.catalog import load_model, models_table
 from prunekit.catalog.datasets import DATASETS
 from prunekit.catalog.models import MODELS
 from prunekit.compact.remove import compact
 from prunekit.core.errors import UsageError
 from prunekit.importance.magnitude import magnitude_masks
 from prunekit.masks import MaskSet, check_keeps_attention, masks_from_zeros, merge, sparsity_report
+from prunekit.methods.base import REGISTRY, method_names
 from prunekit.patterns import check_sparsity, parse_pattern
+from prunekit.pipelines.prune import run_recipe
+from prunekit.pipelines.search import extract, run_search
+from prunekit.recipe import apply_overrides, load_recipe, parse_recipe
+from prunekit.report import write_report
 from prunekit.runs.directory import check_target, check_writable
-from prunekit.runs.io import load, read_manifest, recorded_path, save
+from prunekit.runs.export import export_onnx
+from prunekit.runs.io import load, read_manifest, recorded_path, save, verify_weights
 from prunekit.runs.source import load_source, source_fingerprint, sparsity_summary
 from prunekit.tasks import evaluation_data, get_task, load_data
+
+# what the CLI and users reach through this module, beside the functions defined here
+__all__ = [
+    "REGISTRY", "apply_overrides", "bench", "compact_source", "cuda_available", "dataset_catalog", "default_threads",
+    "evaluate_run", "export_onnx", "extract", "load", "load_model", "load_recipe", "load_source", "magnitude_prune",
+    "method_names", "models_table", "parse_recipe", "read_manifest", "reference_for", "report", "run_recipe",
+    "run_search", "save", "verify_weights", "write_report",
+]  # fmt: skip
+
+
+def default_threads() -> int:
+    """The torch threads a measurement uses when none is given: all of this process's."""
+    return torch.get_num_threads()
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
 
 
 def parse_prune_spec(spec: str) -> tuple[str, float | None]:

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from rich.table import Table
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+from transformers.utils import logging as hf_logging
 
 from prunekit.core.errors import UsageError
 from prunekit.kernels import BlockSparseLinear, block_density
@@ -312,8 +314,6 @@ def _weights_mb(model: nn.Module) -> float:
 
 def _save_quietly(model: nn.Module, out: Path) -> Path:
     """A run directory for the child to load, without a progress bar in the benchmark's output."""
-    from transformers.utils import logging as hf_logging
-
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -482,8 +482,6 @@ def _r(x: float | None, suffix: str = "") -> str:
 
 def format_bench(result: dict[str, Any]) -> Table:
     """A rich Table of a `bench` result: metric, dense, pruned, ratio (pruned/dense, except speedup)."""
-    from rich.table import Table
-
     notes = result.get("notes") or []
     table = Table(title=f"prunekit bench ({result['device']}, {result['threads']} threads)",
                   caption="\n".join(notes) or None)  # fmt: skip

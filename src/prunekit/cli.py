@@ -9,6 +9,9 @@ import os
 import signal
 import sys
 import warnings
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
 from typing import Annotated
 
 import typer
@@ -28,6 +31,12 @@ err = Console(stderr=True)
 _state = {"debug": False}
 
 
+def _api() -> ModuleType:
+    """prunekit.api, imported when a command runs and not before: `prunekit --help` and a bad argument answer
+    without loading torch, transformers and datasets. The CLI's one lazy import (see tests/test_architecture.py)."""
+    return import_module("prunekit.api")
+
+
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     _state["debug"] = debug
@@ -35,9 +44,8 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
     if not debug:  # read when transformers is first imported (not here: `--help` answers without loading it)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        if "transformers" in sys.modules:  # imported already (prunekit used as a library, then main()): tell it now
-            from transformers.utils import logging as hf_logging
-
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if hf_logging is not None:  # imported already (prunekit used as a library, then main()): tell it now
             hf_logging.set_verbosity_error()
             hf_logging.disable_progress_bar()
 
@@ -57,9 +65,9 @@ def _print_rows(rows: list[dict], title: str, as_json: bool) -> None:
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the named models (and whether their weight packages are installed)."""
-    from prunekit.catalog import models_table
+    api = _api()
 
-    _print_rows(models_table(), "prunekit models", as_json)
+    _print_rows(api.models_table(), "prunekit models", as_json)
 
 
 def _type_name(annotation: object) -> str:
@@ -77,11 +85,11 @@ def methods(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List the pruning methods a recipe's `method.name` can take, or one method's recipe fields."""
-    from prunekit.methods.base import REGISTRY, method_names
+    api = _api()
 
-    names = method_names()
+    names = api.method_names()
     if name is not None:
-        if name not in REGISTRY:
+        if name not in api.REGISTRY:
             raise UsageError(f"unknown method '{name}': use one of {', '.join(names)}")
         fields = [
             {
@@ -90,7 +98,7 @@ def methods(
                 "default": field.get_default(call_default_factory=True),
                 "help": field.description or "",
             }
-            for key, field in REGISTRY[name].config_class.model_fields.items()
+            for key, field in api.REGISTRY[name].config_class.model_fields.items()
         ]
         if fields or as_json:
             _print_rows(fields, f"prunekit methods {name}", as_json)
@@ -99,7 +107,7 @@ def methods(
         return
     rows = []
     for name in names:
-        cls = REGISTRY[name]
+        cls = api.REGISTRY[name]
         doc = [" ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())]
         fields = ", ".join(f"{k}={v.default!r}" for k, v in cls.config_class.model_fields.items())
         baseline = "yes" if cls.is_baseline else "no"
@@ -125,15 +133,17 @@ def datasets(
     """List the named datasets, or rebuild one from its source package.
 
     A named dataset whose file is missing is built on first use anyway (set PRUNEKIT_OFFLINE=1 to forbid it)."""
-    from prunekit.catalog import datasets as ds
+    api = _api()
 
     if archive and not rebuild:
         raise UsageError("--archive is only used with --rebuild NAME")
     if rebuild:
-        paths = ds.rebuild(rebuild, ds.data_dir(data_dir), archive=archive, progress=True)
+        paths = api.dataset_catalog.rebuild(
+            rebuild, api.dataset_catalog.data_dir(data_dir), archive=archive, progress=True
+        )
         typer.echo("\n".join(str(p) for p in paths))
         return
-    _print_rows(ds.datasets_table(data_dir), "prunekit datasets", as_json)
+    _print_rows(api.dataset_catalog.datasets_table(data_dir), "prunekit datasets", as_json)
 
 
 @app.command()
@@ -165,13 +175,13 @@ def compact(
     ] = "auto",
 ) -> None:
     """Physically remove pruned heads, neurons, hidden rows and layers; save a run directory."""
-    from prunekit.api import compact_source
+    api = _api()
 
     if scope not in ("global", "layer"):
         raise UsageError(f"--scope '{scope}' is not global or layer")
     if storage not in ("auto", "dense"):
         raise UsageError(f"--storage '{storage}' is not auto or dense")
-    result = compact_source(
+    result = api.compact_source(
         source,
         out,
         prune=prune,
@@ -200,24 +210,19 @@ def bench(
 ) -> None:
     """Parameters, FLOPs, latency, throughput and memory beside the dense model, with ratios."""
     _check_bench_args(batch, seq, threads, repeats, warmup, device)
-    import torch
+    api = _api()
 
-    from prunekit import bench as bm
-    from prunekit.api import reference_for
-    from prunekit.catalog import load_model
-    from prunekit.runs.io import load, read_manifest
-
-    model = load(run_dir)
+    model = api.load(run_dir)
     if reference:
-        head = read_manifest(run_dir).task_head
-        ref, _ = load_model(
+        head = api.read_manifest(run_dir).task_head
+        ref, _ = api.load_model(
             reference, task=head, num_labels=getattr(model.config, "num_labels", None) if head != "causal-lm" else None
         )
     else:
-        ref = reference_for(run_dir)
-    threads = threads or torch.get_num_threads()
+        ref = api.reference_for(run_dir)
+    threads = threads or api.default_threads()
     grid = tuple((b, seq) for b in (batch or [1, 32]))
-    result = bm.bench(
+    result = api.bench.bench(
         model.to(device),
         ref.eval().to(device),
         grid=grid,
@@ -226,12 +231,12 @@ def bench(
         threads=threads,
         device=device,
         memory=memory,
-        patterns=read_manifest(run_dir).patterns,
+        patterns=api.read_manifest(run_dir).patterns,
     )
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        console.print(bm.format_bench(result))
+        console.print(api.bench.format_bench(result))
 
 
 def _check_bench_args(
@@ -247,11 +252,8 @@ def _check_bench_args(
             raise UsageError(f"{name} {value} is too small: give {low} or more")
     if device not in ("cpu", "cuda"):
         raise UsageError(f"--device '{device}' is not cpu or cuda")
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda, but this machine has no CUDA GPU that torch can use: use --device cpu")
+    if device == "cuda" and not _api().cuda_available():
+        raise UsageError("--device cuda, but this machine has no CUDA GPU that torch can use: use --device cpu")
 
 
 @app.command()
@@ -262,17 +264,14 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
 ) -> None:
     """Export a run's model (ONNX, checked against PyTorch with onnxruntime)."""
-    from pathlib import Path
-
-    from prunekit.runs.export import export_onnx
-    from prunekit.runs.io import load
+    api = _api()
 
     if format != "onnx":
         raise UsageError(f"unknown export format '{format}': use onnx")
     path = Path(out or Path(run_dir) / "model.onnx")
     if path.exists() and not overwrite:
         raise UsageError(f"'{path}' exists: choose another --out or pass --overwrite")
-    info = export_onnx(load(run_dir, block_sparse="never"), path)
+    info = api.export_onnx(api.load(run_dir, block_sparse="never"), path)
     typer.echo(f"wrote {path} ({info['exporter']} exporter, max |onnxruntime - torch| = {info['max_abs_diff']:.2e})")
 
 
@@ -306,10 +305,9 @@ def _summary_table(summary: dict, main_metric: str, method: str | None = None) -
 
 
 def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_json: bool, inputs=()) -> dict:
-    from prunekit.pipelines.prune import run_recipe
-    from prunekit.tasks import get_task  # noqa: F401  (fail early if tasks are broken)
+    api = _api()
 
-    summary = run_recipe(
+    summary = api.run_recipe(
         recipe,
         out,
         overwrite=overwrite,
@@ -323,9 +321,7 @@ def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_jso
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
     else:
-        from prunekit.runs.io import read_manifest
-
-        manifest = read_manifest(summary["out_dir"])
+        manifest = api.read_manifest(summary["out_dir"])
         key = (manifest.task or {}).get("main_metric", "accuracy")
         console.print(_summary_table(summary, key, manifest.method))
         console.print(f"run directory: {summary['out_dir']}  (report: {summary['out_dir']}/report.md)")
@@ -348,11 +344,9 @@ def prune(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fine-tune and prune as a recipe says; compact, evaluate, bench, save and report."""
-    from pathlib import Path
+    api = _api()
 
-    from prunekit.recipe import load_recipe
-
-    r = load_recipe(recipe, overrides)
+    r = api.load_recipe(recipe, overrides)
     _run(r, out or f"runs/{Path(recipe).stem}", overwrite, resume, progress, as_json, inputs=[recipe])
 
 
@@ -375,7 +369,7 @@ def finetune(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dense fine-tuning (no pruning): the teacher and starting point for the methods."""
-    from prunekit.recipe import apply_overrides, parse_recipe
+    api = _api()
 
     tree = {
         "model": model,
@@ -384,7 +378,7 @@ def finetune(
         "method": {"name": "dense"},
         "bench": {"enabled": False},
     }
-    r = parse_recipe(apply_overrides(tree, overrides), source="finetune")
+    r = api.parse_recipe(api.apply_overrides(tree, overrides), source="finetune")
     _run(r, out, overwrite, resume, progress, as_json)
 
 
@@ -416,14 +410,14 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Evaluate a run's model on its test split (re-made from the recorded split recipe) or on your file."""
-    from prunekit.api import evaluate_run
+    api = _api()
 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} is not a batch size: give 1 or more")
     if split not in ("validation", "test"):
         raise UsageError(f"--split '{split}' is not validation or test")
     mapping = _mapping(columns)
-    metrics = evaluate_run(run_dir, data=data, columns=mapping, split=split, batch_size=batch_size, task=task)
+    metrics = api.evaluate_run(run_dir, data=data, columns=mapping, split=split, batch_size=batch_size, task=task)
     _print_rows([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}], run_dir, as_json)
 
 
@@ -436,26 +430,23 @@ def demo(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """MiniLM-L6 on Rotten Tomatoes, end to end: fine-tune, prune, compact, evaluate, bench, report."""
-    from prunekit.recipe import load_recipe
+    api = _api()
 
-    recipe = load_recipe(demo_recipe_path(), overrides)
+    recipe = api.load_recipe(demo_recipe_path(), overrides)
     _run(recipe, out, overwrite and not resume, resume, progress, as_json=False)
 
 
 def demo_recipe_path():
-    from pathlib import Path
-
     return Path(__file__).parent / "recipes" / "demo.yaml"
 
 
 @app.command()
 def report(run_dir: Annotated[str, typer.Argument(help="Run directory.")]) -> None:
     """(Re)write a run's report.md and plots."""
-    from prunekit.report import write_report
-    from prunekit.runs.io import verify_weights
+    api = _api()
 
-    verify_weights(run_dir)  # a report of weights that are gone or damaged would describe a model that is not there
-    typer.echo(f"wrote {write_report(run_dir)}")
+    api.verify_weights(run_dir)  # a report of weights that are gone or damaged would describe a model that is not there
+    typer.echo(f"wrote {api.write_report(run_dir)}")
 
 
 @app.command()
@@ -472,20 +463,19 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """One table (quality, kept parameters, FLOPs, measured speedup, training time) and plot for several runs."""
-    from prunekit import report as rp
-    from prunekit.runs.io import verify_weights
+    api = _api()
 
     if at is not None and at <= 0:
         raise UsageError(f"--at {at} is not a speedup: give a positive number, e.g. --at 2")
     if batch is not None and batch < 1:
         raise UsageError(f"--batch {batch} is not a batch size: give 1 or more")
     for run_dir in run_dirs:
-        verify_weights(run_dir)
-    result = rp.compare(run_dirs, out, at=at, batch=batch)
+        api.verify_weights(run_dir)
+    result = api.report.compare(run_dirs, out, at=at, batch=batch)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
         return
-    console.print(rp.format_table(result["rows"]))
+    console.print(api.report.format_table(result["rows"]))
     for note in result.get("notes", []):
         err.print(note, highlight=False)
     if out:
@@ -508,20 +498,19 @@ def search(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """NAS structural pruning: train a weight-sharing super-network, search its Pareto set of sub-networks."""
-    from pathlib import Path
+    api = _api()
 
-    from prunekit.pipelines.search import extract, run_search
-    from prunekit.recipe import load_recipe
-
-    r = load_recipe(recipe, overrides)
+    r = api.load_recipe(recipe, overrides)
     log = (lambda *_: None) if as_json else (lambda msg: err.print(msg, highlight=False))
     target = out or f"runs/{Path(recipe).stem}"
     if overwrite and resume:
         raise UsageError("--overwrite and --resume contradict each other: give one")
-    summary = run_search(r, target, overwrite=overwrite, resume=resume, progress=progress, log=log, inputs=(recipe,))
+    summary = api.run_search(
+        r, target, overwrite=overwrite, resume=resume, progress=progress, log=log, inputs=(recipe,)
+    )
     for k in extract_points or []:
         summary.setdefault("extracted", []).append(
-            extract(summary["out_dir"], k, Path(summary["out_dir"]) / f"point-{k}", progress=progress)["out_dir"]
+            api.extract(summary["out_dir"], k, Path(summary["out_dir"]) / f"point-{k}", progress=progress)["out_dir"]
         )
     if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
@@ -559,11 +548,13 @@ def extract_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Compact one Pareto point of a search into a run directory (evaluate / bench / export work on it)."""
-    from prunekit.pipelines.search import extract
+    api = _api()
 
     if finetune_epochs < 0:
         raise UsageError(f"--finetune-epochs {finetune_epochs} is negative: give 0 or more")
-    result = extract(search_dir, point, out, finetune_epochs=finetune_epochs, overwrite=overwrite, progress=progress)
+    result = api.extract(
+        search_dir, point, out, finetune_epochs=finetune_epochs, overwrite=overwrite, progress=progress
+    )
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
@@ -590,12 +581,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _click_classes(name: str) -> tuple[type, ...]:
     """`name` from click and from the copy typer >= 0.29 vendors (its commands raise the latter's exceptions)."""
-    import importlib
 
     found = []
     for module in ("click.exceptions", "typer._click.exceptions"):
         with contextlib.suppress(ImportError, AttributeError):
-            found.append(getattr(importlib.import_module(module), name))
+            found.append(getattr(import_module(module), name))
     return tuple(found)
 
 

@@ -21,6 +21,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
+
 from prunekit.catalog import rebuild as _rebuild
 from prunekit.core.errors import PrunekitError, UsageError
 
@@ -350,8 +353,6 @@ def _columns(info: DatasetInfo, paths: list[Path]) -> dict[str, list]:
 
 def _take(idx: list[int], k: int, labels: list[int] | None, seed: int) -> tuple[list[int], list[int]]:
     """(rest, k seeded picks), stratified by label when there are labels and every class can be represented."""
-    from sklearn.model_selection import train_test_split
-
     if k <= 0:
         return idx, []
     if k >= len(idx):
@@ -383,8 +384,6 @@ def _split(
 ) -> dict[str, list[int]]:
     labels = cols.get("label")
     if info.task == "extractive-qa":
-        from sklearn.model_selection import GroupShuffleSplit
-
         test = [i for i, t in enumerate(cols["_test"]) if t]
         pool = [i for i, t in enumerate(cols["_test"]) if not t]
         if val_f > 0:
@@ -405,8 +404,6 @@ def _split(
 
 
 def _features(info: DatasetInfo) -> datasets.Features:
-    from datasets import ClassLabel, Features, List, Value
-
     text = Value("string")
     if info.task == "classification":
         return Features({"text": text, "label": ClassLabel(names=list(info.label_names))})
@@ -444,8 +441,6 @@ def load_task_data(
     Classification splits are stratified. SQuAD ignores test_fraction: its test split is the SQuAD v1.1 dev set and
     validation is a paragraph-grouped share of SQuADShifts. max_examples caps each split (seeded, stratified).
     """
-    from datasets import Dataset, DatasetDict
-
     info, _, cols, splits = _plan(name, data_dir, seed, validation_fraction, test_fraction, max_examples)
     features = _features(info)
     return DatasetDict(

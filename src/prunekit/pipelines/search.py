@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -561,8 +562,6 @@ def extract(
     history: list[dict] = []
     timings = _search_cost(summary.get("timings") or {})
     if finetune_epochs > 0:
-        import tempfile
-
         cfg = recipe.train.model_copy(update={"epochs": finetune_epochs})
         with tempfile.TemporaryDirectory() as tmp:
             res = train(model.train(), tok, task, data, config=cfg, work_dir=tmp, progress=progress, stage="extract")

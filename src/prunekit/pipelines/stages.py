@@ -7,15 +7,15 @@ import copy
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from torch import nn
 
-from prunekit.api import load_source
 from prunekit.bench import bench
 from prunekit.catalog.datasets import DATASETS, _take, split_recipe
 from prunekit.core.errors import UsageError
 from prunekit.core.files import fingerprint
 from prunekit.recipe import DataSpec, Recipe
-from prunekit.runs.source import source_fingerprint, sparsity_summary  # noqa: F401
+from prunekit.runs.source import load_source
 from prunekit.tasks import load_data
 from prunekit.tasks.checks import check_max_length
 from prunekit.tasks.data import dropped_rows
@@ -64,8 +64,6 @@ def evaluate_splits(task, model: nn.Module, data, tokenizer, cfg) -> dict[str, d
 
 def is_main(device: str | None) -> bool:
     """Main process under `accelerate launch` (same device choice as the trainer, which shares this state)."""
-    from accelerate import PartialState
-
     return PartialState(cpu=device == "cpu" or not torch.cuda.is_available()).is_main_process
 
 

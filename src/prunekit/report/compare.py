@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.table import Table
+
 from prunekit.core.errors import UsageError
 from prunekit.methods.base import is_baseline
 from prunekit.report.markdown import table
@@ -278,8 +280,6 @@ def compare(
 
 def format_table(rows: list[dict[str, Any]]) -> Table:
     """A rich Table of `compare` rows for the terminal."""
-    from rich.table import Table
-
     tbl = Table(title="prunekit compare")
     for i, col in enumerate(columns(_rows_batch(rows))):
         tbl.add_column(col, justify="right" if i >= 3 else "left")

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from prunekit.report import plots
 from prunekit.report.run import (
     Run,
@@ -57,8 +59,6 @@ def _inline(value: Any) -> str:
 
 def _recipe_block(recipe: Any) -> list[str]:
     try:
-        import yaml
-
         text = yaml.safe_dump(recipe, sort_keys=False, default_flow_style=False).rstrip()
         return ["```yaml", text, "```"]
     except Exception:  # a recipe yaml cannot represent is still worth showing

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import transformers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+from transformers import AutoConfig
 
 from prunekit import __version__
 from prunekit.catalog.models import _load_tokenizer, check_tokenizer
@@ -233,8 +235,6 @@ def read_manifest(run_dir: str | Path) -> Manifest:
 
 
 def _model_class(name: str):
-    import transformers
-
     cls = getattr(transformers, name, None)
     if cls is None or not name.startswith(tuple(supported_class_prefixes())):
         raise PrunekitError(f"manifest names model class '{name}', which prunekit does not load")
@@ -268,8 +268,6 @@ def load(
     (a `BxB` pattern in the manifest: MLPruning's step 2) go back into the block-sparse kernel where it is timed
     faster than dense on this device (`block_sparse: auto`; training's decision was for its own machine), into it
     regardless (`always`), or stay plain linears (`never`)."""
-    from transformers import AutoConfig
-
     if block_sparse not in BLOCK_SPARSE_MODES:
         raise UsageError(f"block_sparse '{block_sparse}' is not one of {', '.join(BLOCK_SPARSE_MODES)}")
     run_dir = Path(run_dir)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 
 from prunekit.core.errors import UsageError
 from prunekit.tasks.base import (
@@ -52,8 +53,6 @@ class ClassificationTask(Task):
         return tokenizer(*args, truncation=True, max_length=max_length, **kwargs)
 
     def features(self, split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-        from datasets import Dataset
-
         check_columns(split, self.columns, self.kind)
         enc = self._encode(tokenizer, split.to_dict(), max_length)
         names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]

@@ -16,6 +16,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from datasets import Dataset, DatasetDict
+from sklearn.model_selection import GroupShuffleSplit
+
 from prunekit.catalog import datasets as catalog
 from prunekit.core.errors import UsageError
 from prunekit.tasks.checks import check_classes, check_eval_rows, check_split_sizes
@@ -210,8 +213,6 @@ def _features(task: str, label_names: Sequence[str]) -> datasets.Features:
 def _dataset(
     cols: Columns, indices: Sequence[int] | None, *, features: datasets.Features, split: str | None = None
 ) -> datasets.Dataset:
-    from datasets import Dataset
-
     if indices is None:
         return Dataset.from_dict({c: cols[c] for c in features}, features=features, split=split)
     return Dataset.from_dict({c: [cols[c][i] for i in indices] for c in features}, features=features, split=split)
@@ -222,8 +223,6 @@ def _dataset(
 
 def _group_take(idx: list[int], k: int, groups: list[str], seed: int) -> tuple[list[int], list[int]]:
     """(rest, about k picks) with whole groups picked, so no QA context is in two splits."""
-    from sklearn.model_selection import GroupShuffleSplit
-
     if k <= 0:
         return idx, []
     if k >= len(idx) or len({groups[i] for i in idx}) < 2:
@@ -371,8 +370,6 @@ def load_user_data(
     Refused (prunekit.tasks.checks): rows without a label or text unless `drop_invalid`, an empty split the run
     uses, and classification training data with fewer than 2 classes.
     """
-    from datasets import DatasetDict
-
     catalog._check_args(seed, validation_fraction, test_fraction, max_examples)
     parts, task, names, dropped = _canonical_parts(path, task, columns, None, drop_invalid=drop_invalid)
     features = _features(task, names)

@@ -10,6 +10,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from datasets import ClassLabel, Dataset, load_from_disk
+
 from prunekit.core.errors import UsageError
 
 SPLIT_NAMES = {
@@ -105,8 +107,6 @@ def _read_file(path: Path) -> Parts:
 
 def _read_folder(path: Path) -> tuple[Parts, dict[str, list[str]]]:
     """A save_to_disk folder's splits, plus the names of any ClassLabel columns (kept, not re-derived)."""
-    from datasets import ClassLabel, Dataset, load_from_disk
-
     try:
         loaded = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 
 from prunekit.tasks.base import (
     IGNORE_INDEX,
@@ -70,8 +71,6 @@ class CausalLMTask(Task):
         return group_texts([x + [eos] if eos is not None else x for x in ids], max_length)
 
     def features(self, split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-        from datasets import Dataset
-
         check_columns(split, ("text",), self.kind)
         blocks = self.blocks(split["text"], tokenizer, max_length)
         return Dataset.from_dict(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 
 from prunekit.core.errors import UsageError
 from prunekit.tasks.base import (
@@ -159,8 +160,6 @@ class ExtractiveQATask(Task):
         self.n_best = n_best
 
     def features(self, split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-        from datasets import Dataset
-
         check_columns(split, _COLUMNS, self.kind)
         enc = encode_windows(tokenizer, split["question"], split["context"], max_length, self.doc_stride)
         starts, ends = answer_positions(enc, split["answers"], tokenizer.cls_token_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from datasets import Dataset
 
 from prunekit.core.errors import UsageError
 from prunekit.tasks.base import (
@@ -101,8 +102,6 @@ class SummarizationTask(Task):
         return prompt + target_ids, [IGNORE_INDEX] * len(prompt) + target_ids
 
     def features(self, split: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-        from datasets import Dataset
-
         check_columns(split, ("source", "target"), self.kind)
         bos = adds_bos(tokenizer)
         pairs = [

@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
@@ -128,8 +132,6 @@ class Trainer:
         progress: bool = True,
         stage: str = "train",
     ) -> None:
-        from accelerate import Accelerator
-
         self.cfg = config or TrainConfig()
         self.method = method or Dense()
         self.task, self.tokenizer, self.data = task, tokenizer, data
@@ -321,8 +323,6 @@ class Trainer:
             record[key] > self.best[key] if self.task.greater_is_better else record[key] < self.best[key]
         )
         if better:
-            from safetensors.torch import save_file
-
             self.best = record
             self.best_dir.mkdir(parents=True, exist_ok=True)
             model = self.accelerator.unwrap_model(self.wrapped)
@@ -334,8 +334,6 @@ class Trainer:
             (self.best_dir / "record.json").write_text(json.dumps(record))
 
     def _restore_best(self) -> None:
-        from safetensors.torch import load_file
-
         path = self.best_dir / "model.safetensors"
         if self.best is None or not path.exists():
             return
@@ -405,9 +403,6 @@ class Trainer:
         return TrainResult(model, self.history, self.best, self.step, round(self.train_s, 2))
 
     def _progress(self):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         progress = Progress(
             TextColumn(f"[bold]{self.stage}[/]"),
             BarColumn(),

@@ -9,6 +9,8 @@ their input rows and output column. Output-projection biases stay (compaction ke
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -86,6 +88,4 @@ def subnet_flops(model: nn.Module, masks: MaskSet, seq_len: int, topo: Topology 
 @torch.no_grad()
 def compacted_copy(model: nn.Module, masks: MaskSet) -> nn.Module:
     """The sub-network as a physically smaller model (the super-network is left untouched)."""
-    import copy
-
     return compact(copy.deepcopy(model), masks).eval()

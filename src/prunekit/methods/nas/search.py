@@ -12,12 +12,15 @@ evaluations in all, and returns every evaluation; the Pareto set is taken from t
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from prunekit.core.errors import UsageError
 from prunekit.methods.nas.pareto import hypervolume, nondominated_ranks, pareto_mask
@@ -198,8 +201,6 @@ def multi_objective_search(
     if searcher not in RUNNERS:
         raise UsageError(f"unknown searcher '{searcher}': use one of {', '.join(SEARCHERS)}")
     if searcher == "nsga2" and len(space) > 2000:
-        import warnings
-
         warnings.warn(
             f"nsga2 over {len(space)} coordinates ('{space.name}' space): optuna suggests each one per trial, "
             "which is slow; morea, local or random search handle large spaces faster",
@@ -214,9 +215,6 @@ class FrontProgress:
     """A rich progress bar over the budget showing the current front size and hypervolume."""
 
     def __init__(self, budget: int, reference: tuple[float, ...], enabled: bool = True) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         self.reference = reference
         self.evals: list[Evaluation] = []
         self.progress = Progress(

@@ -18,6 +18,7 @@ a function of (seed, step), so a resumed run trains the same ones.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -142,8 +143,6 @@ class NAS(Method):
 
     def finalize(self, model: nn.Module) -> MaskSet | None:
         """Trained alone (`prunekit prune`), the result is the full super-network: hooks off, nothing to cut."""
-        import warnings
-
         warnings.warn(
             "method 'nas' trains the weight-sharing super-network only (saved whole): run `prunekit search` "
             "for its Pareto set of sub-networks",
