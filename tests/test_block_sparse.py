@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.compact.modules import ScatterLinear
 from prunekit.kernels import (
     BlockSparseLinear,
     block_density,
@@ -17,6 +16,7 @@ from prunekit.kernels import (
 )
 from prunekit.kernels.block_sparse import block_mask, gather_linear, infer_block, pack_blocks, pack_runs, runs_linear
 from prunekit.topology import describe, get_module
+from prunekit.topology.modules import ScatterLinear
 from tiny import tiny_inputs, tiny_model
 
 

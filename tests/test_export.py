@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from prunekit.runs import export
 from prunekit.compact.remove import check_equal, compact
 from prunekit.core.errors import PrunekitError, UsageError
 from prunekit.masks import LayerMask, MaskSet
+from prunekit.runs import export
 from prunekit.runs.export import export_onnx
 from tiny import FAMILIES, tiny_inputs, tiny_model
 

@@ -119,3 +119,8 @@ def topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 def kept_count(total: int, sparsity: float, minimum: int = 0) -> int:
     return max(minimum, min(total, math.ceil(round(total * (1.0 - sparsity), 6))))
+
+
+def is_nm(weight: torch.Tensor, n: int, m: int) -> bool:
+    """At most N non-zeros in each group of M consecutive inputs of an (out, in) weight (in % M == 0)."""
+    return bool(((weight.reshape(weight.shape[0], -1, m) != 0).sum(-1) <= n).all())

@@ -12,13 +12,13 @@ import copy
 import torch
 from torch import nn
 
-from prunekit.compact.modules import EmptyAttention, PrunedConv1D, ScatterConv1D, ScatterLinear
 from prunekit.compact.structure import structure_masks, uniform_config_update
 from prunekit.core.errors import UsageError
 from prunekit.masks import LayerMask, MaskSet, apply_masks, kv_heads_kept, zero_masked
 from prunekit.topology import Topology, describe, family_of, get_module, weight_view
 from prunekit.topology.base import AttentionSpec, is_conv1d, set_module
 from prunekit.topology.families import Family, head_feature_index
+from prunekit.topology.modules import EmptyAttention, PrunedConv1D, ScatterConv1D, ScatterLinear
 
 
 def _new_like(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:

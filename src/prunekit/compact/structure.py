@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.compact.modules import EmptyAttention
 from prunekit.masks import LayerMask, MaskSet
 from prunekit.topology import config_heads, describe, family_of, get_module, heads_in_config
 from prunekit.topology.families import is_skipped
+from prunekit.topology.modules import EmptyAttention
 
 
 def _rows_kept(module: nn.Module) -> int | None:

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.compact.modules import ScatterLinear
 from prunekit.core.errors import UsageError
 from prunekit.topology import describe, get_module
 from prunekit.topology.base import set_module
+from prunekit.topology.modules import ScatterLinear
 
 Backend = Literal["gather", "runs", "bsr"]
 BLOCK_CANDIDATES = (64, 32, 16, 8)

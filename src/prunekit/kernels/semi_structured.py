@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.core.errors import UsageError
-from prunekit.runs.nm_storage import is_nm
+from prunekit.patterns import is_nm
 from prunekit.topology import get_module
 
 NO_SPEEDUP = (

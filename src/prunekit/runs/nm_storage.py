@@ -19,17 +19,12 @@ from torch import nn
 
 from prunekit.core.errors import PrunekitError, UsageError
 from prunekit.core.files import load_state_strict
-from prunekit.patterns import parse_pattern
+from prunekit.patterns import is_nm, parse_pattern
 from prunekit.topology import get_module
 from prunekit.topology.base import is_conv1d
 
 NM_WEIGHTS = "model.nm.safetensors"
 _META_KEY = "prunekit_nm"
-
-
-def is_nm(weight: torch.Tensor, n: int, m: int) -> bool:
-    """At most N non-zeros in each group of M consecutive inputs of an (out, in) weight (in % M == 0)."""
-    return bool(((weight.reshape(weight.shape[0], -1, m) != 0).sum(-1) <= n).all())
 
 
 def pack_nm(weight: torch.Tensor, n: int, m: int) -> dict[str, torch.Tensor]:

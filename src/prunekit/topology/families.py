@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit.compact.modules import EmptyAttention, PassThrough, ZeroSublayer
 from prunekit.core.errors import UsageError
 from prunekit.topology.base import AttentionSpec, BlockSpec, FFNSpec, Topology, linear_shape
+from prunekit.topology.modules import EmptyAttention, PassThrough, ZeroSublayer
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from transformers import get_linear_schedule_with_warmup
 from prunekit.core.files import fault_point
 from prunekit.masks import sparsity_report
 from prunekit.methods.base import Method
-from prunekit.methods.baselines.dense import Dense
 from prunekit.topology import describe
 from prunekit.train import checkpoint as ckpt
 from prunekit.train.config import TrainConfig
@@ -133,7 +132,7 @@ class Trainer:
         stage: str = "train",
     ) -> None:
         self.cfg = config or TrainConfig()
-        self.method = method or Dense()
+        self.method = method or Method()  # the protocol's no-ops: plain fine-tuning
         self.task, self.tokenizer, self.data = task, tokenizer, data
         self.work_dir = Path(work_dir)
         self.stage = stage
