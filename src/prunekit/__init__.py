@@ -6,7 +6,8 @@ modules besides the CLI's (see tests/test_architecture.py)."""
 
 from typing import Any
 
-__version__ = "0.1.0"
+from prunekit.core.version import __version__
+
 __all__ = ["__version__", "load", "save"]
 
 

@@ -28,12 +28,12 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig
 
-from prunekit import __version__
 from prunekit.catalog.models import _load_tokenizer, check_tokenizer
 from prunekit.compact.remove import rebuild
 from prunekit.compact.structure import plain_loadable, structure
 from prunekit.core.errors import DISK_FULL_FIX, PrunekitError, UsageError, is_disk_full  # noqa: F401 (re-exported)
 from prunekit.core.files import fault_point, load_state_strict, matches, sha256_file
+from prunekit.core.version import __version__
 from prunekit.kernels import pack_block_sparse
 from prunekit.masks import sparsity_report
 from prunekit.patterns import parse_pattern
