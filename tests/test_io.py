@@ -13,7 +13,8 @@ import prunekit
 from prunekit.compact.remove import compact
 from prunekit.core.errors import PrunekitError, UsageError
 from prunekit.masks import LayerMask, MaskSet
-from prunekit.runs.io import read_manifest, staged_dir
+from prunekit.runs.directory import staged
+from prunekit.runs.io import read_manifest
 from prunekit.topology import describe
 from test_compact import random_masks
 from tiny import FAMILIES, tiny_inputs, tiny_model
@@ -71,15 +72,15 @@ def test_existing_output_is_refused_and_failed_save_leaves_nothing(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
 
 
-def test_staged_dir_overwrite_replaces_only_a_prunekit_run(tmp_path):
+def test_staged_overwrite_replaces_only_a_prunekit_run(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "prunekit.json").write_text("{}")
-    with staged_dir(tmp_path / "out", overwrite=True) as tmp:
+    with staged(tmp_path / "out", overwrite=True) as tmp:
         (tmp / "new").write_text("y")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["new"]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "old").write_text("x")
-    with pytest.raises(UsageError, match="not a prunekit run directory"), staged_dir(tmp_path / "mine", overwrite=True):
+    with pytest.raises(UsageError, match="not a prunekit run directory"), staged(tmp_path / "mine", overwrite=True):
         pass
     assert (tmp_path / "mine" / "old").read_text() == "x"
 

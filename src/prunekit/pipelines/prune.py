@@ -9,10 +9,8 @@ killed one from its newest checkpoint.
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from prunekit.pipelines.stages import (
 )
 from prunekit.recipe import Recipe
 from prunekit.report import write_report
-from prunekit.runs.directory import claim, partial_dir, prepare_partial, recipe_inputs, remove_run, remove_temp_files
+from prunekit.runs.directory import partial_dir, publish, recipe_inputs, resumable
 from prunekit.runs.io import MANIFEST, load, read_manifest, write_model
 from prunekit.runs.source import source_fingerprint, sparsity_summary
 from prunekit.tasks import get_task
@@ -48,24 +46,6 @@ from prunekit.train.loop import train
 def _has_progress(work: Path) -> bool:
     """Whether an interrupted run holds work worth resuming: a complete checkpoint or the dense stage."""
     return (work / "dense" / MANIFEST).exists() or has_checkpoint(work)
-
-
-@contextmanager
-def _cleanup_on_failure(work: Path, fresh: bool):
-    """A run that fails leaves nothing behind, unless it has progress to resume: then it is kept and the error
-    says so. A kill or Ctrl-C (not an Exception) always keeps it, for --resume."""
-    try:
-        yield
-    except Exception as exc:
-        if fresh and not _has_progress(work):
-            shutil.rmtree(work, ignore_errors=True)
-        elif work.exists():
-            exc.add_note(f"the interrupted run is kept in {work}: fix the cause, then pass --resume")
-        raise
-    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (errors.Interrupted)
-        if work.exists():
-            exc.add_note(f"the partial run is kept in {work}: run the same command with --resume to continue it")
-        raise
 
 
 def _prune_before_training(method, model: nn.Module, task, data, tok, recipe: Recipe, timings: dict, log):
@@ -108,10 +88,10 @@ def run_recipe(
     method = recipe.create_method()
     if not main:
         return _stages(recipe, method, out, partial_dir(out), main, resume, progress, log, t0)
-    with claim(out, overwrite=overwrite, inputs=[*recipe_inputs(recipe), *inputs]):
-        work = prepare_partial(out, recipe.model_dump(mode="json"), overwrite=overwrite, resume=resume)
-        with _cleanup_on_failure(work, fresh=not resume):
-            return _stages(recipe, method, out, work, main, resume, progress, log, t0)
+    claimed = resumable(out, recipe.model_dump(mode="json"), overwrite=overwrite, resume=resume,
+                        inputs=[*recipe_inputs(recipe), *inputs], has_progress=_has_progress)  # fmt: skip
+    with claimed as (out, work):
+        return _stages(recipe, method, out, work, main, resume, progress, log, t0)
 
 
 def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: bool, progress: bool, log, t0: float):
@@ -162,7 +142,7 @@ def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: b
     dense_params = sparsity_report(model)["params"]
     teacher, distill = load_teacher(recipe, model, task)
     early = _prune_before_training(method, model, task, data, tok, recipe, timings, log)
-    res = train(model, tok, task, data, method=method, config=recipe.train, work_dir=work, teacher=load_teacher,
+    res = train(model, tok, task, data, method=method, config=recipe.train, work_dir=work, teacher=teacher,
                 distill=distill, resume=resume, progress=progress, stage="prune")  # fmt: skip
     timings["prune_s"] = res.train_s
     history = list(res.history)
@@ -224,11 +204,7 @@ def _finish(work: Path, out: Path, summary: dict) -> dict[str, Any]:
     """Report, drop the checkpoints (kept until the model is written, so a kill while writing it resumes),
     rename into place."""
     write_report(work, name=out.name)
-    for sub in ("checkpoints", "best"):
-        shutil.rmtree(work / sub, ignore_errors=True)
-    remove_temp_files(work)
-    remove_run(out)
-    work.replace(out)
+    publish(work, out)
     return summary | {"out_dir": str(out)}
 
 

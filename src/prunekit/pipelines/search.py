@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -53,11 +52,9 @@ from prunekit.report.plots import new_figure, save_figure
 from prunekit.runs.directory import (
     check_target,
     check_writable,
-    claim,
-    prepare_partial,
+    publish,
     recipe_inputs,
-    remove_run,
-    remove_temp_files,
+    resumable,
 )
 from prunekit.runs.io import load, read_manifest, save, write_model
 from prunekit.runs.source import source_fingerprint, sparsity_summary
@@ -174,24 +171,12 @@ def run_search(
     """Both stages into `out_dir`; returns the summary also written to pareto.json. `inputs`: more paths the search
     reads (the recipe file) that OUT may not hold."""
     spec = _check(recipe)
-    with claim(out_dir, overwrite=overwrite, inputs=[*recipe_inputs(recipe), *inputs]) as out:
-        work = prepare_partial(out, recipe.model_dump(mode="json"), overwrite=overwrite, resume=resume)
-        try:
-            summary = _search(recipe, spec, work, progress, log, resume)
-            for sub in ("checkpoints", "best"):  # the trainer's; the super-network itself is in supernet/
-                shutil.rmtree(work / sub, ignore_errors=True)
-        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM
-            exc.add_note(f"the partial search is kept in {work}: run the same command with --resume to continue it")
-            raise
-        except Exception as exc:
-            if resume or _has_progress(work):
-                exc.add_note(f"the interrupted search is kept in {work}: fix the cause, then pass --resume")
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-            raise
-        remove_temp_files(work)
-        remove_run(out)
-        work.replace(out)
+    reads = [*recipe_inputs(recipe), *inputs]
+    claimed = resumable(out_dir, recipe.model_dump(mode="json"), overwrite=overwrite, resume=resume, inputs=reads,
+                        has_progress=_has_progress, what="search")  # fmt: skip
+    with claimed as (out, work):
+        summary = _search(recipe, spec, work, progress, log, resume)
+        publish(work, out)  # the trainer's checkpoints go; the super-network itself is in supernet/
     return summary | {"out_dir": str(out)}
 
 
@@ -241,7 +226,7 @@ def _stage1(recipe: Recipe, spec: SearchSpec, work: Path, data, task, progress: 
         method=method,
         config=cfg,
         work_dir=work,
-        teacher=load_teacher,
+        teacher=teacher,
         distill=distill,
         progress=progress,
         stage="supernet",

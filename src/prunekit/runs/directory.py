@@ -1,4 +1,9 @@
-"""Guards for writing a run directory: what `--overwrite` may replace, and one writer at a time.
+"""The run directory: how every command writes one, in one place.
+
+Two forms. `staged(out)` for a folder written in one go (compact, extract, save): a hidden `.NAME.tmp-PID` sibling,
+renamed into place at the end, removed on failure. `resumable(out, recipe)` for runs that train (prune, finetune,
+demo, search): a hidden `.NAME.partial` sibling holding the recipe and the checkpoints, kept when the run is
+interrupted or has progress worth resuming, published by `publish(work, out)` (an atomic rename).
 
 Every command that writes a run (prune, finetune, demo, search, extract, compact, save) goes through
 `claim(out, ...)`: OUT must not be, or hold, anything the user has that prunekit did not write, and an
@@ -16,11 +21,11 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from prunekit.core.errors import UsageError
+from prunekit.core.errors import DISK_FULL_FIX, PrunekitError, UsageError, is_disk_full
 
 MANIFEST = "prunekit.json"  # a run directory (prune, finetune, compact, extract, save)
 SEARCH_MARKER = "pareto.json"  # a search directory (`prunekit search`)
@@ -240,3 +245,66 @@ def claim(out: str | Path, *, overwrite: bool, inputs: Iterable[str | Path | Non
         check_target(out, overwrite=overwrite, inputs=inputs)  # again: another process may have finished meanwhile
         remove_leftovers(out)
         yield out
+
+
+@contextmanager
+def staged(out_dir: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()):
+    """Yield a temporary sibling of `out_dir`; on success rename it into place, on failure remove it. OUT is
+    claimed first (`claim`: only a prunekit run is replaced, one writer at a time, a killed writer's
+    leftovers removed)."""
+    with claim(out_dir, overwrite=overwrite, inputs=inputs) as out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            yield tmp
+            remove_run(out)
+            os.replace(tmp, out)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, KeyboardInterrupt):
+                exc.add_note(f"nothing was written to '{out}'")
+            if is_disk_full(exc):
+                raise PrunekitError(f"no space left on the device while writing '{out}': {DISK_FULL_FIX}") from exc
+            raise
+
+
+@contextmanager
+def resumable(
+    out_dir: str | Path,
+    recipe: dict,
+    *,
+    overwrite: bool,
+    resume: bool,
+    inputs: Iterable[str | Path | None] = (),
+    has_progress: Callable[[Path], bool] = lambda work: False,
+    what: str = "run",
+) -> Iterator[tuple[Path, Path]]:
+    """Claim OUT and yield (out, work): the partial folder, fresh or resumed. A run that fails leaves nothing behind
+    unless it was resumed or `has_progress(work)`: then it is kept and the error says how to continue. A kill or
+    Ctrl-C (not an Exception) always keeps it, for --resume. The caller publishes with `publish(work, out)`."""
+    with claim(out_dir, overwrite=overwrite, inputs=inputs) as out:
+        work = prepare_partial(out, recipe, overwrite=overwrite, resume=resume)
+        try:
+            yield out, work
+        except Exception as exc:
+            if not resume and not has_progress(work):
+                shutil.rmtree(work, ignore_errors=True)
+            elif work.exists():
+                exc.add_note(f"the interrupted {what} is kept in {work}: fix the cause, then pass --resume")
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (errors.Interrupted)
+            if work.exists():
+                exc.add_note(f"the partial {what} is kept in {work}: run the same command with --resume to continue it")
+            raise
+
+
+def publish(work: Path, out: Path, drop: Iterable[str] = ("checkpoints", "best")) -> None:
+    """Move a finished partial folder into place: drop the training state (kept until the model is written, so a
+    kill while writing it resumes) and temporary files, replace the previous run, rename."""
+    for sub in drop:
+        shutil.rmtree(work / sub, ignore_errors=True)
+    remove_temp_files(work)
+    remove_run(out)
+    work.replace(out)

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +35,7 @@ from prunekit.core.version import __version__
 from prunekit.kernels import pack_block_sparse
 from prunekit.masks import sparsity_report
 from prunekit.patterns import parse_pattern
-from prunekit.runs.directory import MANIFEST, claim, remove_run
+from prunekit.runs.directory import MANIFEST, staged
 from prunekit.runs.nm_storage import NM_WEIGHTS, decompress_state, has_nm, read_nm_file, save_nm_compressed
 from prunekit.topology import supported_class_prefixes
 
@@ -93,29 +91,6 @@ _HEAD_OF_CLASS = (
 def task_head_of(model: nn.Module) -> str:
     name = type(model).__name__
     return next((head for suffix, head in _HEAD_OF_CLASS if name.endswith(suffix)), "base")
-
-
-@contextmanager
-def staged_dir(out_dir: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()):
-    """Yield a temporary sibling of `out_dir`; on success rename it into place, on failure remove it. OUT is
-    claimed first (rundir.claim: only a prunekit run is replaced, one writer at a time, a killed writer's
-    leftovers removed)."""
-    with claim(out_dir, overwrite=overwrite, inputs=inputs) as out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            yield tmp
-            remove_run(out)
-            os.replace(tmp, out)
-        except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, KeyboardInterrupt):
-                exc.add_note(f"nothing was written to '{out}'")
-            if is_disk_full(exc):
-                raise PrunekitError(f"no space left on the device while writing '{out}': {DISK_FULL_FIX}") from exc
-            raise
 
 
 def recorded_path(run_dir: str | Path, value: str, recorded: str | None, *, what: str, fix: str) -> str:
@@ -198,7 +173,7 @@ def save(
 ) -> Path:
     """Save a run directory atomically; refuses an existing directory unless `overwrite` (and then replaces only a
     prunekit run, never a folder holding one of `inputs`)."""
-    with staged_dir(out_dir, overwrite, inputs) as tmp:
+    with staged(out_dir, overwrite, inputs) as tmp:
         write_model(model, tmp, tokenizer, storage=storage, **manifest_fields)
     return Path(out_dir)
 
