@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunekit.core.errors import DISK_FULL_FIX, Interrupted, PrunekitError, UsageError, is_disk_full
+from prunekit.runs.directory import check_writable
 
 app = typer.Typer(
     add_completion=False,
@@ -65,8 +66,8 @@ def _print_rows(rows: list[dict], title: str, as_json: bool) -> None:
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the named models (and whether their weight packages are installed)."""
-    api = _api()
 
+    api = _api()
     _print_rows(api.models_table(), "prunekit models", as_json)
 
 
@@ -85,8 +86,8 @@ def methods(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List the pruning methods a recipe's `method.name` can take, or one method's recipe fields."""
-    api = _api()
 
+    api = _api()
     names = api.method_names()
     if name is not None:
         if name not in api.REGISTRY:
@@ -133,10 +134,10 @@ def datasets(
     """List the named datasets, or rebuild one from its source package.
 
     A named dataset whose file is missing is built on first use anyway (set PRUNEKIT_OFFLINE=1 to forbid it)."""
-    api = _api()
 
     if archive and not rebuild:
         raise UsageError("--archive is only used with --rebuild NAME")
+    api = _api()
     if rebuild:
         paths = api.dataset_catalog.rebuild(
             rebuild, api.dataset_catalog.data_dir(data_dir), archive=archive, progress=True
@@ -175,12 +176,13 @@ def compact(
     ] = "auto",
 ) -> None:
     """Physically remove pruned heads, neurons, hidden rows and layers; save a run directory."""
-    api = _api()
 
     if scope not in ("global", "layer"):
         raise UsageError(f"--scope '{scope}' is not global or layer")
     if storage not in ("auto", "dense"):
         raise UsageError(f"--storage '{storage}' is not auto or dense")
+    check_writable(Path(out))  # before the library loads: a bad OUT is answered at once
+    api = _api()
     result = api.compact_source(
         source,
         out,
@@ -210,8 +212,8 @@ def bench(
 ) -> None:
     """Parameters, FLOPs, latency, throughput and memory beside the dense model, with ratios."""
     _check_bench_args(batch, seq, threads, repeats, warmup, device)
-    api = _api()
 
+    api = _api()
     model = api.load(run_dir)
     if reference:
         head = api.read_manifest(run_dir).task_head
@@ -264,13 +266,13 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
 ) -> None:
     """Export a run's model (ONNX, checked against PyTorch with onnxruntime)."""
-    api = _api()
 
     if format != "onnx":
         raise UsageError(f"unknown export format '{format}': use onnx")
     path = Path(out or Path(run_dir) / "model.onnx")
     if path.exists() and not overwrite:
         raise UsageError(f"'{path}' exists: choose another --out or pass --overwrite")
+    api = _api()
     info = api.export_onnx(api.load(run_dir, block_sparse="never"), path)
     typer.echo(f"wrote {path} ({info['exporter']} exporter, max |onnxruntime - torch| = {info['max_abs_diff']:.2e})")
 
@@ -305,8 +307,8 @@ def _summary_table(summary: dict, main_metric: str, method: str | None = None) -
 
 
 def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_json: bool, inputs=()) -> dict:
-    api = _api()
 
+    api = _api()
     summary = api.run_recipe(
         recipe,
         out,
@@ -344,8 +346,8 @@ def prune(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fine-tune and prune as a recipe says; compact, evaluate, bench, save and report."""
-    api = _api()
 
+    api = _api()
     r = api.load_recipe(recipe, overrides)
     _run(r, out or f"runs/{Path(recipe).stem}", overwrite, resume, progress, as_json, inputs=[recipe])
 
@@ -369,7 +371,6 @@ def finetune(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dense fine-tuning (no pruning): the teacher and starting point for the methods."""
-    api = _api()
 
     tree = {
         "model": model,
@@ -378,6 +379,7 @@ def finetune(
         "method": {"name": "dense"},
         "bench": {"enabled": False},
     }
+    api = _api()
     r = api.parse_recipe(api.apply_overrides(tree, overrides), source="finetune")
     _run(r, out, overwrite, resume, progress, as_json)
 
@@ -410,13 +412,13 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Evaluate a run's model on its test split (re-made from the recorded split recipe) or on your file."""
-    api = _api()
 
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} is not a batch size: give 1 or more")
     if split not in ("validation", "test"):
         raise UsageError(f"--split '{split}' is not validation or test")
     mapping = _mapping(columns)
+    api = _api()
     metrics = api.evaluate_run(run_dir, data=data, columns=mapping, split=split, batch_size=batch_size, task=task)
     _print_rows([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}], run_dir, as_json)
 
@@ -430,8 +432,8 @@ def demo(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """MiniLM-L6 on Rotten Tomatoes, end to end: fine-tune, prune, compact, evaluate, bench, report."""
-    api = _api()
 
+    api = _api()
     recipe = api.load_recipe(demo_recipe_path(), overrides)
     _run(recipe, out, overwrite and not resume, resume, progress, as_json=False)
 
@@ -443,8 +445,8 @@ def demo_recipe_path():
 @app.command()
 def report(run_dir: Annotated[str, typer.Argument(help="Run directory.")]) -> None:
     """(Re)write a run's report.md and plots."""
-    api = _api()
 
+    api = _api()
     api.verify_weights(run_dir)  # a report of weights that are gone or damaged would describe a model that is not there
     typer.echo(f"wrote {api.write_report(run_dir)}")
 
@@ -463,12 +465,12 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """One table (quality, kept parameters, FLOPs, measured speedup, training time) and plot for several runs."""
-    api = _api()
 
     if at is not None and at <= 0:
         raise UsageError(f"--at {at} is not a speedup: give a positive number, e.g. --at 2")
     if batch is not None and batch < 1:
         raise UsageError(f"--batch {batch} is not a batch size: give 1 or more")
+    api = _api()
     for run_dir in run_dirs:
         api.verify_weights(run_dir)
     result = api.report.compare(run_dirs, out, at=at, batch=batch)
@@ -498,8 +500,8 @@ def search(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """NAS structural pruning: train a weight-sharing super-network, search its Pareto set of sub-networks."""
-    api = _api()
 
+    api = _api()
     r = api.load_recipe(recipe, overrides)
     log = (lambda *_: None) if as_json else (lambda msg: err.print(msg, highlight=False))
     target = out or f"runs/{Path(recipe).stem}"
@@ -548,10 +550,10 @@ def extract_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Compact one Pareto point of a search into a run directory (evaluate / bench / export work on it)."""
-    api = _api()
 
     if finetune_epochs < 0:
         raise UsageError(f"--finetune-epochs {finetune_epochs} is negative: give 0 or more")
+    api = _api()
     result = api.extract(
         search_dir, point, out, finetune_epochs=finetune_epochs, overwrite=overwrite, progress=progress
     )
