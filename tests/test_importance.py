@@ -153,3 +153,24 @@ def test_criteria_errors():
     unlabelled = [{k: v for k, v in b.items() if k != "labels"} for b in _batches("bert")]
     with pytest.raises(UsageError, match="labels"):
         unit_scores(model, "taylor", unlabelled)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_sensitivity_sums_absolute_gradients_so_it_bounds_taylor(family):
+    """sum_b |g_b| >= |sum_b g_b| (equal for one batch); gating a head off first (`heads_keep`, Michel et al.'s
+    iterative pruning) changes the other heads' scores and leaves the gated head's gradient defined."""
+    model = tiny_model(family).eval()
+    batches = _batches(family, n=3)
+    sens = unit_scores(model, "sensitivity", batches)
+    taylor = unit_scores(model, "taylor", batches)
+    for i in sens.heads:
+        assert torch.all(sens.heads[i] >= taylor.heads[i] - 1e-6)
+        assert torch.all(sens.neurons[i] >= taylor.neurons[i] - 1e-6)
+    one_sens, one_taylor = unit_scores(model, "sensitivity", batches[:1]), unit_scores(model, "taylor", batches[:1])
+    for i in one_sens.heads:
+        torch.testing.assert_close(one_sens.heads[i], one_taylor.heads[i], rtol=1e-5, atol=1e-7)
+    keep = {i: torch.ones_like(s, dtype=torch.bool) for i, s in sens.heads.items()}
+    first = next(iter(keep))
+    keep[first][0] = False
+    gated = unit_scores(model, "sensitivity", batches, heads_keep=keep)
+    assert not torch.allclose(gated.heads[first], sens.heads[first])

@@ -26,8 +26,10 @@ from prunekit.core.errors import UsageError
 from prunekit.importance.gates import GateHooks
 from prunekit.topology import Topology, describe, get_module, weight_view
 
-CRITERIA = ("magnitude", "taylor", "fisher", "activation")
-DATA_CRITERIA = ("taylor", "fisher", "activation")  # measured on calibration batches
+CRITERIA = ("magnitude", "taylor", "fisher", "sensitivity", "activation")
+DATA_CRITERIA = ("taylor", "fisher", "sensitivity", "activation")  # measured on calibration batches
+# taylor: |sum of d loss / d gate| (first-order Taylor); fisher: sum of its squares; sensitivity: sum of its absolute
+# values (Michel et al. 2019, what NAS orders units by); activation: mean |output| of the unit
 
 
 @dataclass
@@ -45,9 +47,11 @@ def unit_scores(
     criterion: str = "magnitude",
     batches: Iterable[dict] | None = None,
     topo: Topology | None = None,
+    heads_keep: dict[int, torch.Tensor] | None = None,
 ) -> UnitScores:
     """Scores of every head and neuron by `criterion`; the data criteria need `batches` (dicts of model inputs
-    with `labels` for the gradient ones, e.g. a task's collated training batches)."""
+    with `labels` for the gradient ones, e.g. a task's collated training batches). `heads_keep` (gradient criteria)
+    gates heads off first: Michel et al.'s iterative pruning recomputes importance with the heads pruned so far."""
     if criterion not in CRITERIA:
         raise UsageError(f"importance criterion '{criterion}' is not one of {', '.join(CRITERIA)}")
     topo = topo or describe(model)
@@ -57,7 +61,7 @@ def unit_scores(
         raise UsageError(f"importance '{criterion}' is measured on data: give calibration batches")
     if criterion == "activation":
         return _activation_scores(model, topo, batches)
-    return _gradient_scores(model, topo, batches, criterion)
+    return _gradient_scores(model, topo, batches, criterion, heads_keep)
 
 
 # ---------------------------------------------------------------- magnitude
@@ -104,16 +108,22 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _gradient_scores(model: nn.Module, topo: Topology, batches: Iterable[dict], criterion: str) -> UnitScores:
-    """d loss / d gate of every unit, per batch: summed then |.| (taylor) or squared then summed (fisher)."""
-    head_gates = {
-        b.index: torch.ones(b.attention.num_heads, requires_grad=True)
-        for b in topo.blocks
-        if b.attention is not None and b.attention.num_heads
-    }
+def _gradient_scores(
+    model: nn.Module, topo: Topology, batches: Iterable[dict], criterion: str, heads_keep: dict | None = None
+) -> UnitScores:
+    """d loss / d gate of every unit, per batch: summed then |.| (taylor), squared then summed (fisher), or |.| then
+    summed (sensitivity)."""
+    head_gates = {}
+    for b in topo.blocks:
+        if b.attention is not None and b.attention.num_heads:
+            keep = (heads_keep or {}).get(b.index)
+            head_gates[b.index] = keep.float() if keep is not None else torch.ones(b.attention.num_heads)
+            head_gates[b.index].requires_grad_()
     neuron_gates = {b.index: torch.ones(b.ffn.width, requires_grad=True) for b in topo.blocks if b.ffn is not None}
     gates = [*head_gates.values(), *neuron_gates.values()]
-    total = [torch.zeros_like(g, dtype=torch.float64) for g in gates]
+    # sensitivity sums in float32, as NAS always has (its recorded searches stay reproducible to the bit)
+    dtype = torch.float32 if criterion == "sensitivity" else torch.float64
+    total = [torch.zeros_like(g, dtype=dtype) for g in gates]
     hooks = GateHooks(model, topo)
     was_training, device, count = model.training, _device(model), 0
     model.eval()  # no dropout: the scores of a deterministic function
@@ -126,7 +136,8 @@ def _gradient_scores(model: nn.Module, topo: Topology, batches: Iterable[dict], 
             grads = torch.autograd.grad(out.loss, gates, allow_unused=True)
             for acc, g in zip(total, grads, strict=True):
                 if g is not None:
-                    acc += g.detach().double() if criterion == "taylor" else g.detach().double().pow(2)
+                    g = g.detach().to(dtype)
+                    acc += g if criterion == "taylor" else g.pow(2) if criterion == "fisher" else g.abs()
             count += 1
     finally:
         hooks.remove()

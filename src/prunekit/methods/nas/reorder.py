@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit.importance.gates import GateHooks
+from prunekit.importance import unit_scores
 from prunekit.masks import LayerMask, MaskSet
 from prunekit.topology import Topology, family_of, get_module, weight_view
 from prunekit.topology.families import head_feature_index
@@ -54,35 +54,10 @@ def importance(
     batches: Iterable[dict],
     heads_keep: dict[int, torch.Tensor] | None = None,
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """(head scores, neuron scores) per layer: sum over batches of |d loss / d gate|. `heads_keep` gates heads
-    off first (Michel et al.'s iterative pruning recomputes importance with the heads pruned so far)."""
-    gates = GateHooks(model, topo)
-    hg = {}
-    for b in topo.blocks:
-        if b.attention is not None and b.attention.num_heads:
-            keep = (heads_keep or {}).get(b.index)
-            hg[b.index] = (keep.float() if keep is not None else torch.ones(b.attention.num_heads)).requires_grad_()
-    ng = {b.index: torch.ones(b.ffn.width, requires_grad=True) for b in topo.blocks if b.ffn is not None}
-    hs = {i: torch.zeros_like(g) for i, g in hg.items()}
-    ns = {i: torch.zeros_like(g) for i, g in ng.items()}
-    was_training = model.training
-    model.eval()  # no dropout: the scores of a deterministic function
-    device = next(model.parameters()).device
-    try:
-        gates.set_gates(hg, ng)
-        for batch in batches:
-            out = model(**{k: v.to(device) for k, v in batch.items()})
-            grads = torch.autograd.grad(out.loss, [*hg.values(), *ng.values()], allow_unused=True)
-            for i, g in zip(hg, grads[: len(hg)], strict=True):
-                if g is not None:
-                    hs[i] += g.detach().abs()
-            for i, g in zip(ng, grads[len(hg) :], strict=True):
-                if g is not None:
-                    ns[i] += g.detach().abs()
-    finally:
-        gates.remove()
-        model.train(was_training)
-    return hs, ns
+    """(head scores, neuron scores) per layer: the importance layer's `sensitivity`, sum over batches of
+    |d loss / d gate|, with the heads `heads_keep` gates off first."""
+    scores = unit_scores(model, "sensitivity", batches, topo, heads_keep=heads_keep)
+    return scores.heads, scores.neurons
 
 
 def order_from_scores(

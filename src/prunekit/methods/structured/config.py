@@ -14,7 +14,7 @@ class StructuredConfig(MethodConfig):
     """Recipe section of `structured`: heads and FFN neurons scored once on calibration batches, the lowest-scoring
     removed and the model compacted before the training stage (METHODS.md 5)."""
 
-    criterion: Literal["taylor", "fisher", "activation", "magnitude"] = Field(
+    criterion: Literal["taylor", "fisher", "sensitivity", "activation", "magnitude"] = Field(
         "taylor",
         description="How heads / neurons are scored: taylor (|sum w * dL/dw| over the unit), fisher (squared "
         "gradient of a unit mask), activation (mean |activation|), magnitude (weight norm, no data).",
