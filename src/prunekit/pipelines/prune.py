@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import nn
 from prunekit.compact.remove import compact
 from prunekit.compact.structure import structure
 from prunekit.masks import check_keeps_attention, sparsity_report
+from prunekit.methods.base import Method
 from prunekit.pipelines.stages import (
     bench_against,
     check_lengths,
@@ -87,117 +89,150 @@ def run_recipe(
     main = is_main(recipe.train.device)
     method = recipe.create_method()
     if not main:
-        return _stages(recipe, method, out, partial_dir(out), main, resume, progress, log, t0)
+        return _stages(Run(recipe, method, out, partial_dir(out), main, resume, progress, log, t0))
     claimed = resumable(out, recipe.model_dump(mode="json"), overwrite=overwrite, resume=resume,
                         inputs=[*recipe_inputs(recipe), *inputs], has_progress=_has_progress)  # fmt: skip
     with claimed as (out, work):
-        return _stages(recipe, method, out, work, main, resume, progress, log, t0)
+        return _stages(Run(recipe, method, out, work, main, resume, progress, log, t0))
 
 
-def _stages(recipe: Recipe, method, out: Path, work: Path, main: bool, resume: bool, progress: bool, log, t0: float):
-    if resume and (written := _written(work)) is not None:
-        return _finish(work, out, written)
-    d = recipe.data
-    data, kind = load_splits(d)
+@dataclass
+class Run:
+    """One `prunekit prune` in progress: what every stage reads, and the timings and metrics they add to."""
+
+    recipe: Recipe
+    method: Method
+    out: Path
+    work: Path
+    main: bool  # the main process (the only one under `accelerate launch` that evaluates and writes)
+    resume: bool
+    progress: bool
+    log: Callable[[str], None]
+    t0: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _stages(run: Run) -> dict[str, Any]:
+    """Load, fine-tune dense, prune while training (every stage of the method), compact, measure, save."""
+    if run.resume and (written := _written(run.work)) is not None:
+        return _finish(run.work, run.out, written)
+    data, kind = load_splits(run.recipe.data)
     task = get_task(kind)
-    model, tok, manifest = load_start(recipe, task, task.num_labels(data))
-    method.check_model(model)
-    check_lengths(recipe, model)
-    timings: dict[str, float] = {}
-    metrics: dict[str, Any] = {}
-
-    dense_dir = work / "dense"
-    if recipe.finetune is not None and recipe.finetune.epochs > 0:
-        if resume and (dense_dir / "prunekit.json").exists():
-            model = load(dense_dir, block_sparse="never").train()
-            done = read_manifest(dense_dir).timings.get("finetune_s")
-            if done is not None:  # the resumed run reports the whole run's time, not only what followed the kill
-                timings["finetune_s"] = done
-            log(f"dense fine-tune: reusing {dense_dir}")
-        else:
-            res = train(model, tok, task, data, config=recipe.finetune, work_dir=work, resume=resume,
-                        progress=progress, stage="finetune")  # fmt: skip
-            model = res.model
-            timings["finetune_s"] = res.train_s
-            if main:
-                dense_dir.mkdir(exist_ok=True)
-                write_model(
-                    model,
-                    dense_dir,
-                    tok,
-                    source_model=recipe.model,
-                    source_fingerprint=source_fingerprint(recipe.model),
-                    method="dense",
-                    task=task_info(task, d, data),
-                    timings={"finetune_s": res.train_s},
-                )
-    dense_reference = copy.deepcopy(model).eval() if main else None
-    if main:
-        metrics["dense"] = evaluate_splits(task, dense_reference, data, tok, recipe.train)
+    model, tok, manifest = load_start(run.recipe, task, task.num_labels(data))
+    run.method.check_model(model)
+    check_lengths(run.recipe, model)
+    model = _dense_stage(run, model, tok, task, data)
+    dense_reference = copy.deepcopy(model).eval() if run.main else None
+    if run.main:
+        run.metrics["dense"] = evaluate_splits(task, dense_reference, data, tok, run.recipe.train)
         # the reference every later number is set against; for a `dense` run that is the model before training
-        before = "before training" if method.name == "dense" else "dense reference"
-        log(f"{before}: {fmt_metrics(metrics['dense'], task.main_metric)}")
-
-    dense_structure = structure(model)
-    dense_params = sparsity_report(model)["params"]
-    teacher, distill = load_teacher(recipe, model, task)
-    early = _prune_before_training(method, model, task, data, tok, recipe, timings, log)
-    res = train(model, tok, task, data, method=method, config=recipe.train, work_dir=work, teacher=teacher,
-                distill=distill, resume=resume, progress=progress, stage="prune")  # fmt: skip
-    timings["prune_s"] = res.train_s
-    history = list(res.history)
-    while (nxt := method.next_stage(res.model)) is not None:  # multi-stage methods
-        teacher = nxt.teacher if distill else None
-        res = train(res.model, tok, task, data, method=method, config=recipe.train, work_dir=work, resume=resume,
-                    teacher=teacher, distill=distill, progress=progress, stage=nxt.stage)  # fmt: skip
-        timings[f"{nxt.stage}_s"], history = res.train_s, history + res.history
-    if not main:
+        before = "before training" if run.method.name == "dense" else "dense reference"
+        run.log(f"{before}: {fmt_metrics(run.metrics['dense'], task.main_metric)}")
+    dense = {"structure": structure(model), "params": sparsity_report(model)["params"]}
+    model, history, early = _training_stages(run, model, tok, task, data)
+    if not run.main:
         return {}
-    model = res.model
-    masks = method.finalize(model)
-    mask_report = sparsity_report(model, masks)  # after finalize: includes a method's final cut
-    method.save_plots(work / "plots")
-    if early is not None and masks is None:  # a one-shot method: its masks were compacted before training
-        masks, mask_report = early
-    else:
-        check_keeps_attention(model, masks)
-        with torch.no_grad():
-            if masks is not None:
-                compact(model, masks)
+    model, masks, mask_report = _final_masks(run, model, early)
     model.eval()
-    metrics.update(evaluate_splits(task, model, data, tok, recipe.train))
-    log(f"{method.name}: {fmt_metrics(metrics, task.main_metric)}")
+    run.metrics.update(evaluate_splits(task, model, data, tok, run.recipe.train))
+    run.log(f"{run.method.name}: {fmt_metrics(run.metrics, task.main_metric)}")
     saved_report = sparsity_report(model)
     # the saved model's non-zero block weights against the dense model's, so physical removal counts as sparsity
-    saved_report |= {"params": dense_params, "sparsity": 1 - saved_report["kept"] / dense_params if dense_params else 0}
+    params = dense["params"]
+    saved_report |= {"params": params, "sparsity": 1 - saved_report["kept"] / params if params else 0}
     summary: dict[str, Any] = {
         "sparsity": {"mask": sparsity_summary(mask_report), "saved": sparsity_summary(saved_report)},
-        "metrics": metrics,
+        "metrics": run.metrics,
     }
-    if recipe.bench.enabled:
-        summary["bench"] = bench_against(model, dense_reference, recipe, masks.patterns if masks is not None else None)
-    timings["total_s"] = round(time.perf_counter() - t0, 2)
+    if run.recipe.bench.enabled:
+        patterns = masks.patterns if masks is not None else None
+        summary["bench"] = bench_against(model, dense_reference, run.recipe, patterns)
+    run.timings["total_s"] = round(time.perf_counter() - run.t0, 2)
     write_model(
         model,
-        work,
+        run.work,
         tok,
-        storage=recipe.storage,
-        source_model=manifest.source_model if manifest else recipe.model,
-        source_fingerprint=manifest.source_fingerprint if manifest else source_fingerprint(recipe.model),
-        method=method.name,
-        recipe=recipe.model_dump(mode="json"),
-        task=task_info(task, d, data),
-        split=split_info(d, data),
-        metrics=metrics,
-        timings=timings,
+        storage=run.recipe.storage,
+        source_model=manifest.source_model if manifest else run.recipe.model,
+        source_fingerprint=manifest.source_fingerprint if manifest else source_fingerprint(run.recipe.model),
+        method=run.method.name,
+        recipe=run.recipe.model_dump(mode="json"),
+        task=task_info(task, run.recipe.data, data),
+        split=split_info(run.recipe.data, data),
+        metrics=run.metrics,
+        timings=run.timings,
         patterns=dict(masks.patterns) if masks is not None else {},
         sparsity=summary["sparsity"],
         bench=summary.get("bench"),
         history=history,
-        dense_structure=dense_structure,
-        method_report=method.report(),
+        dense_structure=dense["structure"],
+        method_report=run.method.report(),
     )
-    return _finish(work, out, summary | {"timings": timings})
+    return _finish(run.work, run.out, summary | {"timings": run.timings})
+
+
+def _dense_stage(run: Run, model: nn.Module, tok, task, data) -> nn.Module:
+    """The recipe's dense fine-tune (kept in work/dense, so a resumed run reuses it), or the model as it is."""
+    recipe, dense_dir = run.recipe, run.work / "dense"
+    if recipe.finetune is None or recipe.finetune.epochs <= 0:
+        return model
+    if run.resume and (dense_dir / MANIFEST).exists():
+        done = read_manifest(dense_dir).timings.get("finetune_s")
+        if done is not None:  # the resumed run reports the whole run's time, not only what followed the kill
+            run.timings["finetune_s"] = done
+        run.log(f"dense fine-tune: reusing {dense_dir}")
+        return load(dense_dir, block_sparse="never").train()
+    res = train(model, tok, task, data, config=recipe.finetune, work_dir=run.work, resume=run.resume,
+                progress=run.progress, stage="finetune")  # fmt: skip
+    run.timings["finetune_s"] = res.train_s
+    if run.main:
+        dense_dir.mkdir(exist_ok=True)
+        write_model(
+            res.model,
+            dense_dir,
+            tok,
+            source_model=recipe.model,
+            source_fingerprint=source_fingerprint(recipe.model),
+            method="dense",
+            task=task_info(task, recipe.data, data),
+            timings={"finetune_s": res.train_s},
+        )
+    return res.model
+
+
+def _training_stages(run: Run, model: nn.Module, tok, task, data):
+    """A one-shot method's pruning before training, then the training stage and every further stage a multi-stage
+    method declares. Returns (model, training history, the one-shot masks and their report or None)."""
+    recipe, method = run.recipe, run.method
+    teacher, distill = load_teacher(recipe, model, task)
+    early = _prune_before_training(method, model, task, data, tok, recipe, run.timings, run.log)
+    res = train(model, tok, task, data, method=method, config=recipe.train, work_dir=run.work, teacher=teacher,
+                distill=distill, resume=run.resume, progress=run.progress, stage="prune")  # fmt: skip
+    run.timings["prune_s"] = res.train_s
+    history = list(res.history)
+    while (nxt := method.next_stage(res.model)) is not None:  # multi-stage methods
+        teacher = nxt.teacher if distill else None
+        res = train(res.model, tok, task, data, method=method, config=recipe.train, work_dir=run.work,
+                    resume=run.resume, teacher=teacher, distill=distill, progress=run.progress,
+                    stage=nxt.stage)  # fmt: skip
+        run.timings[f"{nxt.stage}_s"], history = res.train_s, history + res.history
+    return res.model, history, early
+
+
+def _final_masks(run: Run, model: nn.Module, early):
+    """The method's final masks, compacted (a one-shot method's were compacted before training): (model, masks,
+    their sparsity report on the model they were taken from)."""
+    masks = run.method.finalize(model)
+    mask_report = sparsity_report(model, masks)  # after finalize: includes a method's final cut
+    run.method.save_plots(run.work / "plots")
+    if early is not None and masks is None:  # a one-shot method: its masks were compacted before training
+        return model, *early
+    check_keeps_attention(model, masks)
+    with torch.no_grad():
+        if masks is not None:
+            compact(model, masks)
+    return model, masks, mask_report
 
 
 def _finish(work: Path, out: Path, summary: dict) -> dict[str, Any]:
