@@ -40,6 +40,7 @@ from prunekit.methods.nas.space import make_space
 from prunekit.pipelines.stages import (
     bench_against,
     check_lengths,
+    evaluate_split,
     load_splits,
     load_start,
     load_teacher,
@@ -90,20 +91,6 @@ def _load_splits(recipe: Recipe):
 def _device(recipe: Recipe) -> torch.device:
     dev = recipe.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(dev)
-
-
-def _evaluate_split(
-    task, model: nn.Module, split, tok, recipe: Recipe, device, max_examples: int | None = None
-) -> dict:
-    return task.evaluate(
-        model,
-        split,
-        tok,
-        batch_size=recipe.train.eval_batch_size,
-        max_length=recipe.train.max_length,
-        device=device,
-        max_examples=max_examples,
-    )
 
 
 def _batches(task, split, tok, recipe: Recipe, n: int):
@@ -282,7 +269,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, r
     space, key = method.space, task.main_metric
     costs = Costs(spec.objective, recipe, spec, device)
     val, test = data["validation"], data["test"]
-    dense_val = _evaluate_split(task, dense, val, tok, recipe, device, spec.max_eval_examples)
+    dense_val = evaluate_split(task, dense, val, tok, recipe.train, device, spec.max_eval_examples)
     dense_cost = costs.of_model(dense)
     dense_blocks = count_parameters(dense)["blocks"]
     scale = 100.0 if task.kind in PERCENT_TASKS else 1.0
@@ -292,7 +279,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, r
         fault_point("search")  # a test hook: inert unless PRUNEKIT_FAULT_AT is set
         masks = space.masks(config)
         with method.use(masks):
-            metrics = _evaluate_split(task, supernet, val, tok, recipe, device, spec.max_eval_examples)
+            metrics = evaluate_split(task, supernet, val, tok, recipe.train, device, spec.max_eval_examples)
         cost = costs.of_masks(supernet, masks, method.detached)
         blocks = subnet_block_parameters(supernet, masks) / dense_blocks
         info = {"validation": metrics, "cost": cost, "block_params": blocks, "structure": space.summary(config)}
@@ -319,7 +306,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, r
     points = []
     for k, ev in enumerate(best):
         with method.use(space.masks(ev.config)):
-            test_m = _evaluate_split(task, supernet, test, tok, recipe, device)
+            test_m = evaluate_split(task, supernet, test, tok, recipe.train, device)
         points.append(_point(k, ev, test_m))
     hv = hypervolume([e.objectives for e in best], reference)
     t0 = time.perf_counter()
@@ -355,7 +342,7 @@ def _search(recipe: Recipe, spec: SearchSpec, work: Path, progress: bool, log, r
         "space": {"name": space.name, "names": space.names, "lows": space.lows.tolist(), "highs": space.highs.tolist()},
         "dense": {
             "validation": dense_val,
-            "test": _evaluate_split(task, dense, test, tok, recipe, device),
+            "test": evaluate_split(task, dense, test, tok, recipe.train, device),
             "cost": dense_cost,
             "block_param_count": dense_blocks,  # the points' block_params are fractions of it
         },
@@ -403,7 +390,7 @@ def _baselines(recipe, spec, dense, data, task, tok, costs, dense_cost, err, dev
             sets = bl.magnitude(dense, topo, sizes)
         for size, masks in sets.items():
             small = compacted_copy(dense, masks).to(device)
-            val = _evaluate_split(task, small, data["validation"], tok, recipe, device, spec.max_eval_examples)
+            val = evaluate_split(task, small, data["validation"], tok, recipe.train, device, spec.max_eval_examples)
             cost = costs.of_model(small)
             layers = structure(small)
             out.append(
@@ -414,7 +401,7 @@ def _baselines(recipe, spec, dense, data, task, tok, costs, dense_cost, err, dev
                     "cost": cost,
                     "block_params": count_parameters(small)["blocks"] / dense_blocks,
                     "validation": val,
-                    "test": _evaluate_split(task, small, data["test"], tok, recipe, device),
+                    "test": evaluate_split(task, small, data["test"], tok, recipe.train, device),
                     "structure": {"heads": [e["heads"] for e in layers], "neurons": [e["ffn_width"] for e in layers]},
                 }
             )
@@ -555,7 +542,7 @@ def extract(
     timings["train_s"] = round(sum(timings.values()), 2)
     device = _device(recipe)
     model.to(device).eval()
-    metrics = {s: _evaluate_split(task, model, data[s], tok, recipe, device) for s in ("validation", "test")}
+    metrics = {s: evaluate_split(task, model, data[s], tok, recipe.train, device) for s in ("validation", "test")}
     metrics["dense"] = {s: summary["dense"][s] for s in ("validation", "test")}  # what the search measured
     bench = None
     if recipe.bench.enabled:  # like `prunekit prune`, so `prunekit compare` puts extracted points beside other runs

@@ -52,14 +52,16 @@ def load_start(recipe: Recipe, task, num_labels: int | None):
     return model.train(), tok, manifest
 
 
+def evaluate_split(task, model: nn.Module, split, tokenizer, cfg, device=None, max_examples: int | None = None):
+    """The task's metrics on one split, with the recipe's evaluation batch and sequence length."""
+    return task.evaluate(model, split, tokenizer, batch_size=cfg.eval_batch_size, max_length=cfg.max_length,
+                         device=device, max_examples=max_examples)  # fmt: skip
+
+
 def evaluate_splits(task, model: nn.Module, data, tokenizer, cfg) -> dict[str, dict]:
-    out = {}
-    for split in ("validation", "test"):
-        if split in data and len(data[split]):
-            out[split] = task.evaluate(
-                model, data[split], tokenizer, batch_size=cfg.eval_batch_size, max_length=cfg.max_length
-            )
-    return out
+    """Validation and test metrics (the splits the data has)."""
+    return {s: evaluate_split(task, model, data[s], tokenizer, cfg) for s in ("validation", "test")
+            if s in data and len(data[s])}  # fmt: skip
 
 
 def is_main(device: str | None) -> bool:
