@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from prunekit.catalog import rebuild as _rebuild
 from prunekit.core.errors import PrunekitError, UsageError
@@ -353,6 +352,9 @@ def _columns(info: DatasetInfo, paths: list[Path]) -> dict[str, list]:
 
 def _take(idx: list[int], k: int, labels: list[int] | None, seed: int) -> tuple[list[int], list[int]]:
     """(rest, k seeded picks), stratified by label when there are labels and every class can be represented."""
+    # lazy: scikit-learn takes ~1.5 s to import, used once per split / evaluation
+    from sklearn.model_selection import train_test_split
+
     if k <= 0:
         return idx, []
     if k >= len(idx):
@@ -382,6 +384,9 @@ def _check_args(seed: int, validation_fraction: float, test_fraction: float, max
 def _split(
     info: DatasetInfo, cols: dict[str, list], seed: int, val_f: float, test_f: float, max_examples: int | None
 ) -> dict[str, list[int]]:
+    # lazy: scikit-learn takes ~1.5 s to import, used once per split / evaluation
+    from sklearn.model_selection import GroupShuffleSplit
+
     labels = cols.get("label")
     if info.task == "extractive-qa":
         test = [i for i, t in enumerate(cols["_test"]) if t]

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, DatasetDict
-from sklearn.model_selection import GroupShuffleSplit
 
 from prunekit.catalog import datasets as catalog
 from prunekit.core.errors import UsageError
@@ -223,6 +222,9 @@ def _dataset(
 
 def _group_take(idx: list[int], k: int, groups: list[str], seed: int) -> tuple[list[int], list[int]]:
     """(rest, about k picks) with whole groups picked, so no QA context is in two splits."""
+    # lazy: scikit-learn takes ~1.5 s to import, used once per split / evaluation
+    from sklearn.model_selection import GroupShuffleSplit
+
     if k <= 0:
         return idx, []
     if k >= len(idx) or len({groups[i] for i in idx}) < 2:

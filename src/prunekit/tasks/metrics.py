@@ -12,11 +12,12 @@ import re
 import string
 from collections.abc import Sequence
 
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
 
 def classification_metrics(predictions: Sequence[int], labels: Sequence[int]) -> dict[str, float]:
     """Accuracy, macro-averaged F1 and Matthews correlation of class predictions."""
+    # lazy: scikit-learn takes ~1.5 s to import, used once per split / evaluation
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
     if len(predictions) == 0:
         return {"accuracy": float("nan"), "macro_f1": float("nan"), "mcc": float("nan")}
     return {
