@@ -81,3 +81,11 @@ def test_config_is_validated():
     with pytest.raises(Exception, match="scope"):
         create_method("structured", {"scope": "model"})
     assert create_method("structured").calibration_examples() == 512
+
+
+def test_repair_runs_between_compaction_and_recovery(recipe):
+    out = recipe.parent / "repaired"
+    proc = _prune(recipe, out, "--set", "method.repair=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "prunekit.json").read_text())["method_report"]
+    assert report["repair"]["mse_after"] < report["repair"]["mse_before"]

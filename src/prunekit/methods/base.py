@@ -13,7 +13,7 @@ import importlib
 import os
 import pkgutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,6 +63,7 @@ class Method:
     calibration_examples()         training examples `calibrate` wants (0: it is not called)
     calibrate(model, batches)      one-shot methods: measure what they need on calibration batches (dense model)
     prune_before_training()        masks compacted before the training stage, so recovery trains the small model
+    after_compact(model, batches)  one-shot methods: adjust the compacted model on calibration batches (a repair)
     next_stage(model)              multi-stage methods: the next stage to train (None: done)
     save_plots(directory)          the method's own figures, beside the run's
     report()                       the method's own results for the manifest (`method_report`)
@@ -124,6 +125,9 @@ class Method:
 
     def prune_before_training(self) -> MaskSet | None:
         return None
+
+    def after_compact(self, model: nn.Module, batches: Callable[[], Iterable[dict]]) -> None:
+        pass
 
     def next_stage(self, model: nn.Module) -> NextStage | None:
         return None

@@ -59,7 +59,8 @@ def _prune_before_training(method, model: nn.Module, task, data, tok, recipe: Re
         return None
     t0 = time.perf_counter()
     cfg = recipe.train
-    method.calibrate(model, calibration_batches(task, data["train"], tok, cfg.max_length, cfg.batch_size, n)())
+    batches = calibration_batches(task, data["train"], tok, cfg.max_length, cfg.batch_size, n)
+    method.calibrate(model, batches())
     masks = method.prune_before_training()
     if masks is None:
         return None
@@ -67,6 +68,7 @@ def _prune_before_training(method, model: nn.Module, task, data, tok, recipe: Re
     report = sparsity_report(model, masks)
     with torch.no_grad():
         compact(model, masks)
+    method.after_compact(model, batches)
     timings["calibrate_s"] = round(time.perf_counter() - t0, 2)
     log(f"{method.name}: pruned {report['sparsity']:.1%} of the block weights before training (calibrated on {n})")
     return masks, report

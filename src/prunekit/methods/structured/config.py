@@ -17,7 +17,8 @@ class StructuredConfig(MethodConfig):
     criterion: Literal["taylor", "fisher", "sensitivity", "activation", "magnitude"] = Field(
         "taylor",
         description="How heads / neurons are scored: taylor (|sum w * dL/dw| over the unit), fisher (squared "
-        "gradient of a unit mask), activation (mean |activation|), magnitude (weight norm, no data).",
+        "gradient of a unit mask), sensitivity (sum of |dL/d mask| over batches), activation (mean |activation|), "
+        "magnitude (weight norm, no data).",
     )
     heads: float = Field(
         0.5,
@@ -37,5 +38,10 @@ class StructuredConfig(MethodConfig):
     calibration_examples: int = Field(512, ge=1, description="Training examples the scores are measured on.")
     min_heads: int = Field(1, ge=0, description="Attention heads every layer keeps at least.")
     min_neurons: int = Field(1, ge=0, description="FFN neurons every layer keeps at least.")
+    repair: bool = Field(
+        False,
+        description="After removal, re-fit every attention / FFN output projection by least squares to the dense "
+        "model's outputs on the calibration batches (layer by layer), so recovery starts close to the dense model.",
+    )
 
     _scope = field_validator("scope")(check_scope)

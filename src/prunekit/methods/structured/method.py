@@ -3,11 +3,13 @@ package docstring says how), compacted before training."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
 
+from prunekit.compact.repair import refit_outputs
 from prunekit.importance import UnitScores, unit_masks, unit_scores
 from prunekit.masks import MaskSet
 from prunekit.methods.base import Method, register
@@ -29,6 +31,8 @@ class Structured(Method):
         super().__init__(config)
         self._masks: MaskSet | None = None
         self._batches = 0
+        self._dense: nn.Module | None = None  # the model before removal, kept for the repair only
+        self._repair: dict[str, float] | None = None
 
     def calibration_examples(self) -> int:
         return self.config.calibration_examples
@@ -37,11 +41,21 @@ class Structured(Method):
         c = self.config
         scores: UnitScores = unit_scores(model, c.criterion, None if c.criterion == "magnitude" else batches)
         self._batches = scores.batches
+        if c.repair:
+            self._dense = copy.deepcopy(model).eval()
         self._masks = unit_masks(describe(model), scores, heads=c.heads, neurons=c.neurons, scope=c.scope,
                                  min_heads=c.min_heads, min_neurons=c.min_neurons)  # fmt: skip
 
     def prune_before_training(self) -> MaskSet | None:
         return self._masks
 
+    def after_compact(self, model: nn.Module, batches: Callable[[], Iterable[dict]]) -> None:
+        if self._dense is None:
+            return
+        fits = refit_outputs(model, self._dense, batches)
+        self._dense = None
+        self._repair = {k: sum(f[k] for f in fits.values()) / len(fits) for k in ("mse_before", "mse_after")}
+
     def report(self) -> dict[str, Any] | None:
-        return {"criterion": self.config.criterion, "calibration_batches": self._batches}
+        out = {"criterion": self.config.criterion, "calibration_batches": self._batches}
+        return out | ({"repair": self._repair} if self._repair is not None else {})
