@@ -24,7 +24,7 @@ from prunekit.pipelines.prune import run_recipe
 from prunekit.pipelines.search import extract, run_search
 from prunekit.recipe import apply_overrides, load_recipe, parse_recipe
 from prunekit.report import write_report
-from prunekit.runs.directory import check_target, check_writable
+from prunekit.runs.directory import check_target, check_task_given, check_writable
 from prunekit.runs.export import export_onnx
 from prunekit.runs.io import load, read_manifest, recorded_path, save, verify_weights
 from prunekit.runs.source import load_source, source_fingerprint, sparsity_summary
@@ -202,11 +202,7 @@ def evaluate_run(
     manifest = read_manifest(run_dir)
     info = manifest.task or {}
     if "kind" not in info:
-        if task is None or data is None:
-            raise UsageError(
-                f"'{run_dir}' records no task (it was not trained by prunekit): give --task KIND and --data FILE, "
-                f"e.g. --task classification --data reviews.csv"
-            )
+        check_task_given(run_dir, task, data)
         info = {"kind": task}
     elif task is not None and task != info["kind"]:
         raise UsageError(f"--task {task}, but '{run_dir}' was trained for {info['kind']}: leave --task out")

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunekit.core.errors import DISK_FULL_FIX, Interrupted, PrunekitError, UsageError, is_disk_full
-from prunekit.runs.directory import check_writable
+from prunekit.runs.directory import check_task_given, check_writable
 
 app = typer.Typer(
     add_completion=False,
@@ -418,6 +418,7 @@ def evaluate(
     if split not in ("validation", "test"):
         raise UsageError(f"--split '{split}' is not validation or test")
     mapping = _mapping(columns)
+    check_task_given(run_dir, task, data)
     api = _api()
     metrics = api.evaluate_run(run_dir, data=data, columns=mapping, split=split, batch_size=batch_size, task=task)
     _print_rows([{k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}], run_dir, as_json)

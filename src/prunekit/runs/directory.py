@@ -308,3 +308,17 @@ def publish(work: Path, out: Path, drop: Iterable[str] = ("checkpoints", "best")
     remove_temp_files(work)
     remove_run(out)
     work.replace(out)
+
+
+def check_task_given(run_dir: str | Path, task: str | None, data: str | None) -> None:
+    """A run that records no task (a `compact` of a plain model) is evaluated only with --task and --data: said
+    from the manifest's JSON alone, before the library loads (the CLI's first answer)."""
+    try:
+        recorded = json.loads((Path(run_dir) / MANIFEST).read_text()).get("task") or {}
+    except (OSError, ValueError, AttributeError):
+        return  # no readable manifest: loading the run says what is wrong
+    if "kind" not in recorded and (task is None or data is None):
+        raise UsageError(
+            f"'{run_dir}' records no task (it was not trained by prunekit): give --task KIND and --data FILE, "
+            f"e.g. --task classification --data reviews.csv"
+        )
