@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from prunekit.masks import maskset_from_state
 from prunekit.methods.base import create_method
 from train_fixtures import sentiment_csv, tiny_bert_dir
 
@@ -89,3 +90,23 @@ def test_repair_runs_between_compaction_and_recovery(recipe):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "prunekit.json").read_text())["method_report"]
     assert report["repair"]["mse_after"] < report["repair"]["mse_before"]
+
+
+def test_a_latency_budget_run_meets_its_prediction_and_resumes_with_the_units_it_chose(tmp_path, recipe):
+    costs = tmp_path / "costs.json"  # as `prunekit costs` writes it on the target device
+    curve = lambda saved: {"removed": [0, 0.25, 0.5, 0.75], "saved": [saved * f for f in (0, 0.25, 0.5, 0.75)]}  # noqa: E731
+    costs.write_text(json.dumps({"dense_ms": 100.0, "heads": curve(40.0), "neurons": curve(50.0), "batch": 32,
+                                 "seq_len": 128}))  # fmt: skip
+    extra = ("--set", "method.scope=latency", "--set", "method.speedup=1.5", "--set", f"method.costs={costs}")
+    out = tmp_path / "run"
+    killed = _prune(recipe, out, *extra, fault="step:10")
+    assert killed.returncode != 0 and not out.exists()
+    chosen = maskset_from_state(torch.load(tmp_path / ".run.partial" / "one_shot_masks.pt", weights_only=True))
+    resumed = _prune(recipe, out, *extra, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "chosen before the interruption" in resumed.stdout + resumed.stderr
+    manifest = json.loads((out / "prunekit.json").read_text())
+    kept = [(int(chosen.layers[i].heads.sum()), int(chosen.layers[i].neurons.sum())) for i in (0, 1)]
+    assert [(layer["heads"], layer["ffn_width"]) for layer in manifest["structure"]] == kept
+    latency = manifest["method_report"]["latency"]  # the report survives the resume (method state)
+    assert 1.5 <= latency["predicted_speedup"] < 1.65 and latency["costs"]["dense_ms"] == 100.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from prunekit.catalog.datasets import DATASETS
 from prunekit.catalog.models import MODELS
 from prunekit.compact.remove import compact
 from prunekit.core.errors import UsageError
+from prunekit.costs import measure_unit_costs
 from prunekit.importance.magnitude import magnitude_masks
 from prunekit.masks import MaskSet, check_keeps_attention, masks_from_zeros, merge, sparsity_report
 from prunekit.methods.base import REGISTRY, method_names
@@ -35,13 +37,51 @@ __all__ = [
     "REGISTRY", "apply_overrides", "bench", "compact_source", "cuda_available", "dataset_catalog", "default_threads",
     "evaluate_run", "export_onnx", "extract", "load", "load_model", "load_recipe", "load_source", "magnitude_prune",
     "method_names", "models_table", "parse_recipe", "read_manifest", "reference_for", "report", "run_recipe",
-    "run_search", "save", "verify_weights", "write_report",
+    "run_search", "save", "unit_costs", "verify_weights", "write_report",
 ]  # fmt: skip
 
 
 def default_threads() -> int:
     """The torch threads a measurement uses when none is given: all of this process's."""
     return torch.get_num_threads()
+
+
+COSTS_KIND = "prunekit unit costs"  # the mark of a file `prunekit costs` wrote (and may overwrite)
+
+
+def unit_costs(source: str, *, batch: int, seq: int, threads: int | None, out: str | None, overwrite: bool) -> dict:
+    """Measure what heads and FFN neurons of a model cost here (for `structured`'s scope latency, `costs: FILE`);
+    written to `out` in one go when given. A file there is replaced only if `prunekit costs` wrote it and
+    `overwrite` is set."""
+    target = Path(out) if out is not None else None
+    if target is not None:
+        _check_costs_target(target, overwrite)
+    head = read_manifest(source).task_head if (Path(source) / "prunekit.json").exists() else "base"
+    model, _, _ = load_source(source, task_head=head)
+    costs = measure_unit_costs(model.eval(), batch=batch, seq_len=seq, threads=threads)
+    result = {"kind": COSTS_KIND, "model": source, "threads": threads or torch.get_num_threads(), **costs.to_dict()}
+    if target is not None:
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(target)
+    return result
+
+
+def _check_costs_target(target: Path, overwrite: bool) -> None:
+    if target.is_dir():
+        raise UsageError(f"--out {target} is a folder: give a file name, e.g. {target / 'costs.json'}")
+    if not target.parent.is_dir():
+        raise UsageError(f"--out {target}: its folder {target.parent} does not exist: create it first")
+    if not target.exists():
+        return
+    try:
+        ours = json.loads(target.read_text()).get("kind") == COSTS_KIND
+    except (ValueError, AttributeError, OSError):
+        ours = False
+    if not ours:
+        raise UsageError(f"--out {target} exists and is not a costs file prunekit wrote: choose another name")
+    if not overwrite:
+        raise UsageError(f"--out {target} exists: add --overwrite to replace it, or choose another name")
 
 
 def cuda_available() -> bool:

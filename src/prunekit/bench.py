@@ -254,6 +254,34 @@ def measure_latency(
     return summarize(times, batch)
 
 
+def interleaved_latency(
+    models: dict[Any, nn.Module],
+    *,
+    batch: int,
+    seq_len: int,
+    vocab_size: int,
+    warmup: int = 2,
+    repeats: int = 7,
+    threads: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[Any, float]:
+    """Median forward latency (ms) of several models timed in turns, one forward each per round: a machine that
+    slows down or speeds up mid-way shifts them all alike, so their differences (what a unit of structure costs)
+    stay meaningful where one model after the other would not."""
+    if repeats < 1:
+        raise UsageError(f"repeats must be at least 1, got {repeats}")
+    inputs = random_inputs(batch, seq_len, vocab_size, device)
+    times: dict[Any, list[float]] = {k: [] for k in models}
+    with _timing_mode(list(models.values()), threads):
+        for _ in range(warmup):
+            for m in models.values():
+                _forward_ms(m, inputs, device)
+        for _ in range(repeats):
+            for k, m in models.items():
+                times[k].append(_forward_ms(m, inputs, device))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 # ---------------------------------------------------------------- peak memory
 
 

@@ -9,6 +9,7 @@ same function.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -290,3 +291,33 @@ def check_keeps_attention(model: nn.Module, masks: MaskSet | None) -> None:
             "the pruning target removes every head of every layer, which leaves the model no attention: keep at "
             "least one head (lower the head sparsity, or keep min_heads at 1)"
         )
+
+
+_LAYER_FIELDS = ("heads", "neurons", "attn_rows", "ffn_rows")
+
+
+def maskset_state(masks: MaskSet) -> dict[str, Any]:
+    """A MaskSet as plain dicts of CPU tensors: what a checkpoint (torch.load(weights_only=True)) can hold."""
+    layers = {}
+    for i, lm in masks.layers.items():
+        entry: dict[str, Any] = {f: getattr(lm, f).cpu().clone() for f in _LAYER_FIELDS if getattr(lm, f) is not None}
+        entry["drop_attention"], entry["drop_ffn"] = lm.drop_attention, lm.drop_ffn
+        layers[str(i)] = entry
+    return {
+        "layers": layers,
+        "weights": {k: v.cpu().clone() for k, v in masks.weights.items()},
+        "patterns": dict(masks.patterns),
+    }
+
+
+def maskset_from_state(state: dict[str, Any]) -> MaskSet:
+    masks = MaskSet()
+    for i, entry in state["layers"].items():
+        masks.layers[int(i)] = LayerMask(
+            **{f: entry[f].bool() for f in _LAYER_FIELDS if f in entry},
+            drop_attention=bool(entry.get("drop_attention", False)),
+            drop_ffn=bool(entry.get("drop_ffn", False)),
+        )
+    masks.weights = {k: v.bool() for k, v in state["weights"].items()}
+    masks.patterns = dict(state["patterns"])
+    return masks

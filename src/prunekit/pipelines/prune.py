@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from torch import nn
 
 from prunekit.compact.remove import compact
 from prunekit.compact.structure import structure
-from prunekit.masks import check_keeps_attention, sparsity_report
+from prunekit.masks import MaskSet, check_keeps_attention, maskset_from_state, maskset_state, sparsity_report
 from prunekit.methods.base import Method
 from prunekit.pipelines.stages import (
     bench_against,
@@ -50,18 +52,31 @@ def _has_progress(work: Path) -> bool:
     return (work / "dense" / MANIFEST).exists() or has_checkpoint(work)
 
 
-def _prune_before_training(method, model: nn.Module, task, data, tok, recipe: Recipe, timings: dict, log):
+ONE_SHOT_MASKS = "one_shot_masks.pt"  # in the work folder: what a resumed run compacts, not re-measured
+
+
+def _prune_before_training(run: Run, model: nn.Module, task, data, tok):
     """A one-shot method scores the dense model on calibration batches and its masks are compacted now, so the
     training stage that follows (recovery, with the dense teacher) runs on the small model. Returns (masks, their
-    sparsity report on the dense model) or None. Deterministic for a recipe, so a resumed run compacts the same."""
+    sparsity report on the dense model) or None. The masks are kept in the work folder: a run resumed from a
+    checkpoint compacts the same units even where they were chosen by measured latency, and under `accelerate
+    launch` every process compacts the main process's masks."""
+    method, cfg = run.method, run.recipe.train
     n = method.calibration_examples()
     if n <= 0:
         return None
     t0 = time.perf_counter()
-    cfg = recipe.train
+    saved = run.work / ONE_SHOT_MASKS
     batches = calibration_batches(task, data["train"], tok, cfg.max_length, cfg.batch_size, n)
+    if run.resume and saved.exists() and has_checkpoint(run.work):  # the checkpoint holds the weights after it
+        masks = maskset_from_state(torch.load(saved, weights_only=True))
+        run.log(f"{method.name}: compacting the units chosen before the interruption ({saved.name})")
+        report = sparsity_report(model, masks)
+        with torch.no_grad():
+            compact(model, masks)
+        return masks, report
     method.calibrate(model, batches())
-    masks = method.prune_before_training()
+    masks = _same_on_every_process(method.prune_before_training())
     if masks is None:
         return None
     check_keeps_attention(model, masks)
@@ -69,9 +84,23 @@ def _prune_before_training(method, model: nn.Module, task, data, tok, recipe: Re
     with torch.no_grad():
         compact(model, masks)
     method.after_compact(model, batches)
-    timings["calibrate_s"] = round(time.perf_counter() - t0, 2)
-    log(f"{method.name}: pruned {report['sparsity']:.1%} of the block weights before training (calibrated on {n})")
+    if run.main:
+        tmp = saved.with_suffix(".tmp")
+        torch.save(maskset_state(masks), tmp)
+        tmp.replace(saved)
+    run.timings["calibrate_s"] = round(time.perf_counter() - t0, 2)
+    run.log(f"{method.name}: pruned {report['sparsity']:.1%} of the block weights before training (calibrated on {n})")
     return masks, report
+
+
+def _same_on_every_process(masks: MaskSet | None) -> MaskSet | None:
+    """The main process's masks on every process (a choice by measured latency may differ between processes)."""
+    state = PartialState()
+    if state.num_processes <= 1:
+        return masks
+    box = [maskset_state(masks) if masks is not None else None]
+    broadcast_object_list(box, from_process=0)
+    return maskset_from_state(box[0]) if box[0] is not None else None
 
 
 def run_recipe(
@@ -208,7 +237,7 @@ def _training_stages(run: Run, model: nn.Module, tok, task, data):
     method declares. Returns (model, training history, the one-shot masks and their report or None)."""
     recipe, method = run.recipe, run.method
     teacher, distill = load_teacher(recipe, model, task)
-    early = _prune_before_training(method, model, task, data, tok, recipe, run.timings, run.log)
+    early = _prune_before_training(run, model, task, data, tok)
     res = train(model, tok, task, data, method=method, config=recipe.train, work_dir=run.work, teacher=teacher,
                 distill=distill, resume=run.resume, progress=run.progress, stage="prune")  # fmt: skip
     run.timings["prune_s"] = res.train_s

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from prunekit.importance.magnitude import MagnitudeConfig, magnitude_masks
-from prunekit.masks import LayerMask, MaskSet, element_masks, merge, zero_masked
+from prunekit.masks import MaskSet, element_masks, maskset_from_state, maskset_state, merge, zero_masked
 from prunekit.methods.base import Method, check_patterns_fit, register
 from prunekit.methods.baselines.config import GradualMagnitudeConfig, ScheduleConfig
 from prunekit.patterns import parse_pattern
@@ -74,36 +74,6 @@ class GradualSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_update = state["last_update"]
         self.done = bool(state["done"])
-
-
-_LAYER_FIELDS = ("heads", "neurons", "attn_rows", "ffn_rows")
-
-
-def maskset_state(masks: MaskSet) -> dict[str, Any]:
-    """A MaskSet as plain dicts of CPU tensors: what a checkpoint (torch.load(weights_only=True)) can hold."""
-    layers = {}
-    for i, lm in masks.layers.items():
-        entry: dict[str, Any] = {f: getattr(lm, f).cpu().clone() for f in _LAYER_FIELDS if getattr(lm, f) is not None}
-        entry["drop_attention"], entry["drop_ffn"] = lm.drop_attention, lm.drop_ffn
-        layers[str(i)] = entry
-    return {
-        "layers": layers,
-        "weights": {k: v.cpu().clone() for k, v in masks.weights.items()},
-        "patterns": dict(masks.patterns),
-    }
-
-
-def maskset_from_state(state: dict[str, Any]) -> MaskSet:
-    masks = MaskSet()
-    for i, entry in state["layers"].items():
-        masks.layers[int(i)] = LayerMask(
-            **{f: entry[f].bool() for f in _LAYER_FIELDS if f in entry},
-            drop_attention=bool(entry.get("drop_attention", False)),
-            drop_ffn=bool(entry.get("drop_ffn", False)),
-        )
-    masks.weights = {k: v.bool() for k, v in state["weights"].items()}
-    masks.patterns = dict(state["patterns"])
-    return masks
 
 
 @register

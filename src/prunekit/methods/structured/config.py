@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from prunekit.importance.magnitude import check_scope
 from prunekit.methods.base import MethodConfig
 
 
@@ -32,8 +31,24 @@ class StructuredConfig(MethodConfig):
         lt=1,
         description="Fraction of the FFN neurons removed (of each layer's with scope layer, of all with global).",
     )
-    scope: str = Field(
-        "layer", description="layer: the same fraction in every layer; global: one ranking over all layers."
+    scope: Literal["layer", "global", "latency"] = Field(
+        "layer",
+        description="layer: the fractions heads / neurons of every layer; global: those fractions from one ranking "
+        "over all layers; latency: heads and neurons of any layer, the least important per millisecond saved (costs "
+        "measured on this device), until the predicted speedup is `speedup` (heads / neurons are then unused).",
+    )
+    speedup: float = Field(
+        2.0,
+        ge=1,
+        description="scope latency: the forward speedup over the dense model to reach, at latency_batch x "
+        "latency_seq on the device the run uses.",
+    )
+    latency_batch: int = Field(32, ge=1, description="scope latency: the batch size the speedup is measured at.")
+    latency_seq: int = Field(128, ge=1, description="scope latency: the sequence length the speedup is measured at.")
+    costs: str | None = Field(
+        None,
+        description="scope latency: a JSON file of unit costs measured on the device the model will run on "
+        "(`prunekit costs MODEL --out FILE` there), instead of measuring on the machine that prunes.",
     )
     calibration_examples: int = Field(512, ge=1, description="Training examples the scores are measured on.")
     min_heads: int = Field(1, ge=0, description="Attention heads every layer keeps at least.")
@@ -43,5 +58,3 @@ class StructuredConfig(MethodConfig):
         description="After removal, re-fit every attention / FFN output projection by least squares to the dense "
         "model's outputs on the calibration batches (layer by layer), so recovery starts close to the dense model.",
     )
-
-    _scope = field_validator("scope")(check_scope)

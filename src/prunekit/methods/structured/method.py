@@ -10,7 +10,9 @@ from typing import Any
 from torch import nn
 
 from prunekit.compact.repair import refit_outputs
+from prunekit.costs import measure_unit_costs, read_unit_costs
 from prunekit.importance import UnitScores, unit_masks, unit_scores
+from prunekit.importance.allocate import allocate
 from prunekit.masks import MaskSet
 from prunekit.methods.base import Method, register
 from prunekit.methods.structured.config import StructuredConfig
@@ -33,6 +35,7 @@ class Structured(Method):
         self._batches = 0
         self._dense: nn.Module | None = None  # the model before removal, kept for the repair only
         self._repair: dict[str, float] | None = None
+        self._latency: dict[str, Any] | None = None
 
     def calibration_examples(self) -> int:
         return self.config.calibration_examples
@@ -43,6 +46,17 @@ class Structured(Method):
         self._batches = scores.batches
         if c.repair:
             self._dense = copy.deepcopy(model).eval()
+        if c.scope == "latency":
+            costs = (
+                read_unit_costs(c.costs)
+                if c.costs is not None
+                else measure_unit_costs(model, batch=c.latency_batch, seq_len=c.latency_seq)
+            )
+            self._masks, predicted = allocate(describe(model), scores, costs, c.speedup, min_heads=c.min_heads,
+                                              min_neurons=c.min_neurons)  # fmt: skip
+            self._latency = {"costs": costs.to_dict(), "predicted_ms": predicted,
+                             "predicted_speedup": costs.dense_ms / predicted}  # fmt: skip
+            return
         self._masks = unit_masks(describe(model), scores, heads=c.heads, neurons=c.neurons, scope=c.scope,
                                  min_heads=c.min_heads, min_neurons=c.min_neurons)  # fmt: skip
 
@@ -58,4 +72,12 @@ class Structured(Method):
 
     def report(self) -> dict[str, Any] | None:
         out = {"criterion": self.config.criterion, "calibration_batches": self._batches}
+        out |= {"latency": self._latency} if self._latency is not None else {}
         return out | ({"repair": self._repair} if self._repair is not None else {})
+
+    def state_dict(self) -> dict[str, Any]:  # what the report needs after a resume, which does not calibrate again
+        return {"batches": self._batches, "repair": self._repair, "latency": self._latency}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._batches = state.get("batches", self._batches)
+        self._repair, self._latency = state.get("repair"), state.get("latency")
