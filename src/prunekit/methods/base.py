@@ -56,6 +56,9 @@ class Method:
     finalize(model)                the masks to compact at the end (weights already final)
     state_dict / load_state_dict   method state, part of every checkpoint
     selectable(step, total)        whether a checkpoint at `step` may be kept as the best (masks final by then)
+    final_structure(step, total)   heads / neurons / rows whose masks are final now: the trainer removes them at
+                                   once, so the rest of the stage trains the smaller model (None: nothing yet)
+    structure_removed(model, topo) after that removal: masks from now on are of the smaller model
 
     and as the pipeline calls it:
 
@@ -113,6 +116,12 @@ class Method:
 
     def selectable(self, step: int, total_steps: int) -> bool:
         return True
+
+    def final_structure(self, step: int, total_steps: int) -> MaskSet | None:
+        return None
+
+    def structure_removed(self, model: nn.Module, topo: Topology) -> None:
+        self.model, self.topo = model, topo
 
     def check_model(self, model: nn.Module) -> None:
         pass

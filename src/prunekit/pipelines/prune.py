@@ -161,10 +161,10 @@ def _stages(run: Run) -> dict[str, Any]:
         before = "before training" if run.method.name == "dense" else "dense reference"
         run.log(f"{before}: {fmt_metrics(run.metrics['dense'], task.main_metric)}")
     dense = {"structure": structure(model), "params": sparsity_report(model)["params"]}
-    model, history, early = _training_stages(run, model, tok, task, data)
+    model, history, early, removed = _training_stages(run, model, tok, task, data)
     if not run.main:
         return {}
-    model, masks, mask_report = _final_masks(run, model, early)
+    model, masks, mask_report = _final_masks(run, model, early, removed, dense["params"])
     model.eval()
     run.metrics.update(evaluate_splits(task, model, data, tok, run.recipe.train))
     run.log(f"{run.method.name}: {fmt_metrics(run.metrics, task.main_metric)}")
@@ -234,31 +234,35 @@ def _dense_stage(run: Run, model: nn.Module, tok, task, data) -> nn.Module:
 
 def _training_stages(run: Run, model: nn.Module, tok, task, data):
     """A one-shot method's pruning before training, then the training stage and every further stage a multi-stage
-    method declares. Returns (model, training history, the one-shot masks and their report or None)."""
+    method declares. Returns (model, training history, the one-shot masks and their report or None, whether
+    structure was removed during training)."""
     recipe, method = run.recipe, run.method
     teacher, distill = load_teacher(recipe, model, task)
     early = _prune_before_training(run, model, task, data, tok)
     res = train(model, tok, task, data, method=method, config=recipe.train, work_dir=run.work, teacher=teacher,
                 distill=distill, resume=run.resume, progress=run.progress, stage="prune")  # fmt: skip
     run.timings["prune_s"] = res.train_s
-    history = list(res.history)
+    history, removed = list(res.history), list(res.removed)
     while (nxt := method.next_stage(res.model)) is not None:  # multi-stage methods
         teacher = nxt.teacher if distill else None
         res = train(res.model, tok, task, data, method=method, config=recipe.train, work_dir=run.work,
                     resume=run.resume, teacher=teacher, distill=distill, progress=run.progress,
                     stage=nxt.stage)  # fmt: skip
         run.timings[f"{nxt.stage}_s"], history = res.train_s, history + res.history
-    return res.model, history, early
+        removed += res.removed
+    return res.model, history, early, bool(removed)
 
 
-def _final_masks(run: Run, model: nn.Module, early):
-    """The method's final masks, compacted (a one-shot method's were compacted before training): (model, masks,
-    their sparsity report on the model they were taken from)."""
+def _final_masks(run: Run, model: nn.Module, early, removed: bool, dense_params: int):
+    """The method's final masks, compacted (a one-shot method's were compacted before training, a gradual method's
+    structure maybe during it): (model, masks, their sparsity report against the dense model)."""
     masks = run.method.finalize(model)
     mask_report = sparsity_report(model, masks)  # after finalize: includes a method's final cut
     run.method.save_plots(run.work / "plots")
     if early is not None and masks is None:  # a one-shot method: its masks were compacted before training
         return model, *early
+    if removed:  # what the masks keep of the smaller model, counted against the dense model's weights
+        mask_report |= {"params": dense_params, "sparsity": 1 - mask_report["kept"] / dense_params}
     check_keeps_attention(model, masks)
     with torch.no_grad():
         if masks is not None:

@@ -28,8 +28,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from prunekit.compact.remove import compact
 from prunekit.core.files import fault_point
-from prunekit.masks import sparsity_report
+from prunekit.masks import MaskSet, maskset_from_state, maskset_state, sparsity_report
 from prunekit.methods.base import Method
 from prunekit.topology import describe
 from prunekit.train import checkpoint as ckpt
@@ -46,6 +47,9 @@ class TrainResult:
     best: dict | None = None  # the evaluation record of the kept weights
     steps: int = 0
     train_s: float = 0.0
+    # structure removed during the stage (a gradual method's heads / neurons once final): (step, masks, their
+    # sparsity report on the model they were removed from), in order
+    removed: list[tuple[int, MaskSet, dict]] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -150,10 +154,7 @@ class Trainer:
         total = self.steps_per_epoch * self.cfg.epochs
         self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
         self.method.planned_steps = self.total_steps
-        self.optimizer = torch.optim.AdamW(_param_groups(model, self.method, self.cfg.weight_decay), lr=self.cfg.lr)
-        self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, int(self.cfg.warmup_ratio * self.total_steps), max(self.total_steps, 1)
-        )
+        self.optimizer, self.scheduler = self._optimizer(model)
         self._student_attn = None
         # sdpa returns no attention probabilities: distil them with eager
         if teacher is not None and distill is not None and needs_attentions(distill):
@@ -167,6 +168,7 @@ class Trainer:
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         self.step = 0
+        self.removed: list[tuple[int, MaskSet, dict]] = []
         self.history: list[dict] = []
         self.best: dict | None = None
         self.train_s = 0.0
@@ -174,6 +176,40 @@ class Trainer:
         self.log_path = self.work_dir / "metrics.jsonl"
         self.ckpt_dir = self.work_dir / "checkpoints" / stage
         self.best_dir = self.work_dir / "best" / stage
+
+    def _optimizer(self, model: nn.Module):
+        optimizer = torch.optim.AdamW(_param_groups(model, self.method, self.cfg.weight_decay), lr=self.cfg.lr)
+        warmup = int(self.cfg.warmup_ratio * self.total_steps)
+        return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max(self.total_steps, 1))
+
+    def _remove_structure(self, masks: MaskSet) -> dict:
+        """Compact the model now (a gradual method's final heads / neurons), so the rest of the stage trains the
+        smaller model; the optimizer starts afresh on the smaller parameters (its moments of removed units are
+        meaningless, of kept ones a restart costs little), the learning-rate schedule goes on where it was."""
+        model = self.accelerator.unwrap_model(self.wrapped)
+        report = sparsity_report(model, masks, self.method.topo)
+        with torch.no_grad():
+            compact(model, masks)
+        self.method.structure_removed(model, describe(model))
+        schedule = self.scheduler.state_dict()
+        optimizer, self.scheduler = self._optimizer(model)
+        self.scheduler.load_state_dict(schedule)
+        for group, lr in zip(optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+        self.wrapped, self.optimizer = self.accelerator.prepare(model, optimizer)
+        return report
+
+    def _maybe_remove_structure(self) -> dict[str, float]:
+        masks = self.method.final_structure(self.step, self.total_steps)
+        if masks is None:
+            return {}
+        report = self._remove_structure(masks)
+        self.removed.append((self.step, masks, report))
+        if self.accelerator.is_main_process:
+            kept = sparsity_report(self.accelerator.unwrap_model(self.wrapped))["kept"]
+            print(f"{self.stage}: removed the final heads / neurons at step {self.step} ({kept:,} block weights "
+                  "left): training goes on with the smaller model", file=sys.stderr)  # fmt: skip
+        return {"removed_structure": float(report["sparsity"])}
 
     # ------------------------------------------------------------------ state
 
@@ -184,6 +220,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": ckpt.rng_state(),
             "method": self.method.state_dict(),
+            "removed": [{"step": st, "masks": maskset_state(m)} for st, m, _ in self.removed],
         }
         return self.accelerator.unwrap_model(self.wrapped).state_dict(), trainer, extra
 
@@ -207,6 +244,9 @@ class Trainer:
             self._truncate_log()  # killed before this stage's first checkpoint: it starts over, so does its log
             return False
         _, (model_state, trainer, extra) = found
+        for entry in extra.get("removed", []):  # the shapes the checkpoint was written at
+            masks = maskset_from_state(entry["masks"])
+            self.removed.append((entry["step"], masks, self._remove_structure(masks)))
         self._load_model_state(model_state)
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scheduler.load_state_dict(extra["scheduler"])
@@ -372,6 +412,7 @@ class Trainer:
                     fault_point("step")  # a test hook: inert unless PRUNEKIT_FAULT_AT is set
                     logged = self.method.on_step(self.step, self.total_steps)
                     self.method.enforce_masks(self.accelerator.unwrap_model(self.wrapped))
+                    logged |= self._maybe_remove_structure()
                     self.train_s = time.perf_counter() - start
                     epoch_f = self.step / self.steps_per_epoch
                     end_of_epoch = self.step % self.steps_per_epoch == 0
@@ -393,13 +434,14 @@ class Trainer:
                     if done or (stop_after is not None and self.step >= stop_after):
                         break
                 if stop_after is not None and self.step >= stop_after:
-                    return TrainResult(self.accelerator.unwrap_model(self.wrapped), self.history, self.best, self.step)
+                    return TrainResult(self.accelerator.unwrap_model(self.wrapped), self.history, self.best, self.step,
+                                       removed=self.removed)  # fmt: skip
         self.train_s = time.perf_counter() - start
         self._restore_best()
         model = self.accelerator.unwrap_model(self.wrapped)
         if self._student_attn not in (None, "eager"):
             model.set_attn_implementation(self._student_attn)  # measure and save as it came
-        return TrainResult(model, self.history, self.best, self.step, round(self.train_s, 2))
+        return TrainResult(model, self.history, self.best, self.step, round(self.train_s, 2), self.removed)
 
     def _progress(self):
         progress = Progress(

@@ -107,6 +107,11 @@ class GradualMagnitudeConfig(ScheduleConfig):
     min_neurons: int = Field(
         default=1, ge=0, description="FFN neurons every layer keeps (0 allows emptying a layer's FFN)."
     )
+    train_small: bool = Field(
+        True,
+        description="Structured patterns only (head / neuron / row): remove the pruned units from the model as soon "
+        "as their masks are final (at `end`), so the rest of training runs on the smaller model.",
+    )
 
     @field_validator("pattern")
     @classmethod

@@ -93,6 +93,7 @@ class GradualMagnitude(Method):
         self._masks: dict[str, MaskSet] = {}
         self._merged: MaskSet | None = None
         self._pruned: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._removed = False  # train_small: the final structure was removed from the model
 
     def selectable(self, step: int, total_steps: int) -> bool:
         return step >= self.config.end * total_steps  # masks final from `end` on
@@ -138,6 +139,19 @@ class GradualMagnitude(Method):
     def masks(self) -> MaskSet | None:
         return self._merged
 
+    def _train_small(self) -> bool:
+        """Only all-structural patterns: a fine-grained sparsity is a fraction of the full-size model's weights."""
+        return self.config.train_small and not any(parse_pattern(p).fine_grained for p in self.config.pattern)
+
+    def final_structure(self, step: int, total_steps: int) -> MaskSet | None:
+        if self._removed or not self.schedule.done or not self._train_small() or self._merged is None:
+            return None
+        return self._merged
+
+    def structure_removed(self, model: nn.Module, topo: Topology) -> None:
+        super().structure_removed(model, topo)
+        self._removed, self._masks, self._merged, self._pruned = True, {}, None, None
+
     @torch.no_grad()
     def enforce_masks(self, model: nn.Module) -> None:
         """Zero what the masks prune; the element masks are cached between updates (this runs every step)."""
@@ -157,6 +171,8 @@ class GradualMagnitude(Method):
     def finalize(self, model: nn.Module) -> MaskSet | None:
         """The final masks. A run stopped before `end` is cut to the final sparsity now, so the requested
         sparsity always holds."""
+        if self._removed:  # removed during training (train_small): nothing left to mask
+            return None
         if not self.schedule.done:
             self.model = model
             self._update(self.config.sparsity)
@@ -169,6 +185,7 @@ class GradualMagnitude(Method):
             "schedule": self.schedule.state_dict(),
             "sparsity": self.sparsity,
             "masks": {p: maskset_state(m) for p, m in self._masks.items()},
+            "removed": self._removed,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -177,3 +194,4 @@ class GradualMagnitude(Method):
         self._masks = {p: maskset_from_state(m) for p, m in state["masks"].items()}
         self._merged = merge(*self._masks.values()) if self._masks else None
         self._pruned = None
+        self._removed = bool(state.get("removed", False))
