@@ -26,18 +26,24 @@ def _prune(recipe: Path, out: Path, *extra: str, fault: str | None = None) -> su
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train_small")
-    path = root / "magnitude.yaml"
+METHODS = {
+    "magnitude": "{name: magnitude, pattern: [head, neuron], sparsity: 0.5, scope: layer, start: 0.0, end: 0.5, "
+    "update_every: 1}",
+    "movement": "{name: movement, pattern: [head, neuron], sparsity: 0.5, start: 0.0, end: 0.5}",
+}
+
+
+@pytest.fixture(scope="module", params=sorted(METHODS))
+def recipe(request, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp(f"train_small_{request.param}")
+    path = root / f"{request.param}.yaml"
     path.write_text(
         f"model: {tiny_bert_dir(root)}\n"
         f"data: {{dataset: {sentiment_csv(root, n=120)}, task: classification, "
         "columns: {text: review, label: verdict}}\n"
         "finetune: {epochs: 1, batch_size: 16, lr: 1.0e-2, max_length: 16, checkpoint_every: 3}\n"
         "train: {epochs: 2, batch_size: 16, lr: 3.0e-3, max_length: 16, checkpoint_every: 3}\n"
-        "method: {name: magnitude, pattern: [head, neuron], sparsity: 0.5, scope: layer, start: 0.0, end: 0.5, "
-        "update_every: 1}\n"
+        f"method: {METHODS[request.param]}\n"
         "distill: {teacher: dense, alpha: 0.5}\n"
         "bench: {enabled: false}\n"
     )
@@ -84,6 +90,8 @@ def test_train_small_off_trains_the_masked_full_model_to_the_same_structure(reci
 @pytest.mark.parametrize(("prune_step", "when"), [(8, "after"), (5, "before")])
 def test_a_run_killed_before_or_after_the_removal_resumes_to_the_same_weights(tmp_path, recipe, reference,
                                                                              prune_step, when):  # fmt: skip
+    if when == "before" and recipe.stem != "magnitude":
+        return  # the trainer's replay is the same for every method: one method is enough before the removal
     out = tmp_path / "run"
     killed = _prune(recipe, out, fault=f"step:{FINETUNE_STEPS + prune_step}")
     assert killed.returncode != 0 and not out.exists()

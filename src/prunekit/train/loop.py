@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.utils import parametrize
 from transformers import get_linear_schedule_with_warmup
 
 from prunekit.compact.remove import compact
@@ -177,10 +178,13 @@ class Trainer:
         self.ckpt_dir = self.work_dir / "checkpoints" / stage
         self.best_dir = self.work_dir / "best" / stage
 
-    def _optimizer(self, model: nn.Module):
+    def _optimizer(self, model: nn.Module, at_step: int = 0):
+        """AdamW over the model's (and the method's) parameters, with the linear schedule at step `at_step`."""
         optimizer = torch.optim.AdamW(_param_groups(model, self.method, self.cfg.weight_decay), lr=self.cfg.lr)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
         warmup = int(self.cfg.warmup_ratio * self.total_steps)
-        return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max(self.total_steps, 1))
+        return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, max(self.total_steps, 1), at_step - 1)
 
     def _remove_structure(self, masks: MaskSet) -> dict:
         """Compact the model now (a gradual method's final heads / neurons), so the rest of the stage trains the
@@ -189,13 +193,13 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.wrapped)
         report = sparsity_report(model, masks, self.method.topo)
         with torch.no_grad():
+            for module in model.modules():  # compaction needs plain weights: fold what a method parametrized
+                if parametrize.is_parametrized(module):
+                    for name in list(module.parametrizations):
+                        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
             compact(model, masks)
         self.method.structure_removed(model, describe(model))
-        schedule = self.scheduler.state_dict()
-        optimizer, self.scheduler = self._optimizer(model)
-        self.scheduler.load_state_dict(schedule)
-        for group, lr in zip(optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
-            group["lr"] = lr
+        optimizer, self.scheduler = self._optimizer(model, at_step=self.scheduler.last_epoch)
         self.wrapped, self.optimizer = self.accelerator.prepare(model, optimizer)
         return report
 

@@ -53,6 +53,11 @@ class ScheduleConfig(MethodConfig):
         description="Fraction of the optimizer steps at which the final sparsity is reached; the masks are then "
         "frozen and training goes on masked (in [0, 1]; best checkpoints are selected only from here on).",
     )
+    train_small: bool = Field(
+        True,
+        description="Structured patterns only (head / neuron / row): remove the pruned units from the model as soon "
+        "as their masks are final (at `end`), so the rest of training runs on the smaller model.",
+    )
     update_every: int | None = Field(
         default=None,
         ge=1,
@@ -106,11 +111,6 @@ class GradualMagnitudeConfig(ScheduleConfig):
     )
     min_neurons: int = Field(
         default=1, ge=0, description="FFN neurons every layer keeps (0 allows emptying a layer's FFN)."
-    )
-    train_small: bool = Field(
-        True,
-        description="Structured patterns only (head / neuron / row): remove the pruned units from the model as soon "
-        "as their masks are final (at `end`), so the rest of training runs on the smaller model.",
     )
 
     @field_validator("pattern")

@@ -112,6 +112,7 @@ class Movement(Method):
         self.sparsity = 0.0
         self._entries: dict[str, list[Entry]] = {}
         self._final: MaskSet | None = None
+        self._removed = False  # train_small: the final heads / neurons were removed from the model
 
     def attach(self, model: nn.Module, topo: Topology) -> None:
         super().attach(model, topo)
@@ -207,6 +208,17 @@ class Movement(Method):
                     masks.patterns[name] = pattern
         return masks
 
+    def final_structure(self, step: int, total_steps: int) -> MaskSet | None:
+        """At `end` with only head / neuron patterns (train_small): plain weights, and the masks to remove now."""
+        structural = all(parse_pattern(p).kind in ("head", "neuron") for p in self.config.pattern)
+        if self._removed or not self._entries or not self.schedule.done or not (self.config.train_small and structural):
+            return None
+        return self.finalize(self.model)
+
+    def structure_removed(self, model: nn.Module, topo: Topology) -> None:
+        super().structure_removed(model, topo)
+        self._removed, self._final, self._entries = True, None, {}
+
     def enforce_masks(self, model: nn.Module) -> None:
         """Nothing to write: the parametrized forward masks, and pruned weights may come back while the
         scores still move (the method's point)."""
@@ -215,7 +227,7 @@ class Movement(Method):
         """Remove the parametrizations (plain weights = W * mask, masked entries exactly zero) and return
         the masks; heads and neurons also get their remaining weights (Q/K/V rows, W1 rows) zeroed, which
         changes nothing in the function since their output columns are already zero."""
-        if self._final is not None:
+        if self._final is not None or self._removed:
             return self._final
         masks = self.masks()
         if masks is None:
@@ -230,8 +242,9 @@ class Movement(Method):
 
     def state_dict(self) -> dict[str, Any]:
         """Schedule position only: the scores and masks are in model.state_dict() (parametrization keys)."""
-        return {"schedule": self.schedule.state_dict(), "sparsity": self.sparsity}
+        return {"schedule": self.schedule.state_dict(), "sparsity": self.sparsity, "removed": self._removed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state["schedule"])
         self.sparsity = float(state["sparsity"])
+        self._removed = bool(state.get("removed", False))
