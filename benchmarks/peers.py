@@ -7,6 +7,11 @@ from that model
   `--calib-batches` training batches, the lowest `--heads` / `--neurons` of every layer removed, compacted), then
   `--epochs` of fine-tuning at `--lr` (`prunekit prune`);
 - `prunekit-taylor-kd`: the same with logit distillation from the dense run (alpha 0.5, temperature 2);
+- `prunekit-latency-kd`: Taylor scores, but the heads and neurons of any layer removed by least score per
+  millisecond saved (`scope: latency`, costs measured on this machine at the largest bench batch) until the
+  predicted `--speedup`, then the same recovery with distillation;
+- `prunekit-magnitude-kd`: gradual magnitude pruning of the same structure with distillation, the README's older
+  headline, now training small (the heads and neurons removed at the schedule's end, 70% of the epochs);
 - `tp-magnitude` / `tp-taylor`: Torch-Pruning (the optional extra `peers`: `pip install -e .[peers]`) with
   `GroupMagnitudeImportance(p=2)` / `GroupTaylorImportance()` (gradients of the same `--calib-batches` training
   batches prunekit calibrates on, model in eval mode), asked to remove `--heads` of the attention heads (whole
@@ -55,7 +60,14 @@ from typing import Any
 
 import yaml
 
-VARIANTS = ("prunekit-taylor", "prunekit-taylor-kd", "tp-magnitude", "tp-taylor")
+VARIANTS = (
+    "prunekit-taylor",
+    "prunekit-taylor-kd",
+    "prunekit-latency-kd",
+    "prunekit-magnitude-kd",
+    "tp-magnitude",
+    "tp-taylor",
+)
 KD_LOGITS = {"teacher": "dense", "alpha": 0.5, "temperature": 2.0}  # benchmarks/suites/_common.yaml kd_logits
 
 
@@ -89,12 +101,32 @@ def dense_recipe(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             "method": {"name": "dense"}, "bench": {"enabled": False}}  # fmt: skip
 
 
-def prunekit_recipe(args: argparse.Namespace, seed: int, dense_dir: Path, kd: bool) -> dict[str, Any]:
-    method = {"name": "structured", "criterion": "taylor", "heads": args.heads, "neurons": args.neurons,
-              "scope": "layer", "calibration_examples": args.calib_batches * args.batch_size}  # fmt: skip
+def prunekit_recipe(args: argparse.Namespace, seed: int, dense_dir: Path, name: str) -> dict[str, Any]:
+    """The recipe of a prunekit variant: `prunekit-taylor[-kd]` (one-shot Taylor, the peer's structure),
+    `prunekit-latency-kd` (one-shot Taylor, heads and neurons of any layer chosen by measured cost until the
+    predicted `--speedup` at batch 32), `prunekit-magnitude-kd` (gradual magnitude of the peer's structure over the
+    first 70% of the epochs, then the rest on the compacted model)."""
+    calib = args.calib_batches * args.batch_size
+    if name == "prunekit-magnitude-kd":
+        method = {"name": "magnitude", "pattern": ["head", "neuron"], "sparsity": args.heads, "scope": "layer"}
+        if args.heads != args.neurons:
+            raise SystemExit("prunekit-magnitude-kd prunes heads and neurons to one sparsity: give --heads = --neurons")
+    elif name == "prunekit-latency-kd":
+        method = {
+            "name": "structured",
+            "criterion": "taylor",
+            "scope": "latency",
+            "speedup": args.speedup,
+            "latency_batch": max(args.bench_batch),
+            "latency_seq": args.bench_seq,
+            "calibration_examples": calib,
+        }
+    else:
+        method = {"name": "structured", "criterion": "taylor", "heads": args.heads, "neurons": args.neurons,
+                  "scope": "layer", "calibration_examples": calib}  # fmt: skip
     recipe = {"model": str(dense_dir), "data": data_section(args), "train": train_section(args, seed),
               "method": method, "bench": bench_section(args)}  # fmt: skip
-    return recipe | ({"distill": dict(KD_LOGITS)} if kd else {})
+    return recipe | ({"distill": dict(KD_LOGITS)} if name.endswith("-kd") else {})
 
 
 # -------------------------------------------------------------------------------------------- the prunekit CLI
@@ -475,6 +507,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-length", type=int, default=64, help="training and evaluation (RT snippets are short)")
     ap.add_argument("--heads", type=float, default=0.5, help="fraction of every layer's attention heads removed")
     ap.add_argument("--neurons", type=float, default=0.5, help="fraction of every layer's FFN neurons removed")
+    ap.add_argument("--speedup", type=float, default=2.0, help="prunekit-latency-kd: the predicted speedup to reach")
     ap.add_argument("--calib-batches", type=int, default=32, help="training batches the Taylor scores are taken on")
     ap.add_argument("--bench-batch", type=ints, default=[1, 32])
     ap.add_argument("--bench-seq", type=int, default=128)
@@ -516,7 +549,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                 run_dir = out / f"s{seed}" / name
                 try:
                     if name.startswith("prunekit-"):
-                        recipe = prunekit_recipe(args, seed, dense_dir, kd=name.endswith("-kd"))
+                        recipe = prunekit_recipe(args, seed, dense_dir, name)
                         prune_cli(out, f"{name}-s{seed}", recipe, run_dir, args.progress)
                     elif done(run_dir):
                         print(f"== {name}-s{seed}: done already ({run_dir})", flush=True)
