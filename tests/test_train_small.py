@@ -87,6 +87,7 @@ def test_train_small_off_trains_the_masked_full_model_to_the_same_structure(reci
     assert a == b
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("prune_step", "when"), [(8, "after"), (5, "before")])
 def test_a_run_killed_before_or_after_the_removal_resumes_to_the_same_weights(tmp_path, recipe, reference,
                                                                              prune_step, when):  # fmt: skip
