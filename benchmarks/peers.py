@@ -7,6 +7,8 @@ from that model
   `--calib-batches` training batches, the lowest `--heads` / `--neurons` of every layer removed, compacted), then
   `--epochs` of fine-tuning at `--lr` (`prunekit prune`);
 - `prunekit-taylor-kd`: the same with logit distillation from the dense run (alpha 0.5, temperature 2);
+- `prunekit-etaylor[-kd]`: the same with `criterion: taylor-elementwise` (sum of |w * g| over the unit's weights,
+  the per-weight form Torch-Pruning's Taylor importance uses);
 - `prunekit-latency-kd`: Taylor scores, but the heads and neurons of any layer removed by least score per
   millisecond saved (`scope: latency`, costs measured on this machine at the largest bench batch) until the
   predicted `--speedup`, then the same recovery with distillation;
@@ -122,7 +124,8 @@ def prunekit_recipe(args: argparse.Namespace, seed: int, dense_dir: Path, name: 
             "calibration_examples": calib,
         }
     else:
-        method = {"name": "structured", "criterion": "taylor", "heads": args.heads, "neurons": args.neurons,
+        criterion = "taylor-elementwise" if name.startswith("prunekit-etaylor") else "taylor"
+        method = {"name": "structured", "criterion": criterion, "heads": args.heads, "neurons": args.neurons,
                   "scope": "layer", "calibration_examples": calib}  # fmt: skip
     recipe = {"model": str(dense_dir), "data": data_section(args), "train": train_section(args, seed),
               "method": method, "bench": bench_section(args)}  # fmt: skip

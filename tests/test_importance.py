@@ -174,3 +174,36 @@ def test_sensitivity_sums_absolute_gradients_so_it_bounds_taylor(family):
     keep[first][0] = False
     gated = unit_scores(model, "sensitivity", batches, heads_keep=keep)
     assert not torch.allclose(gated.heads[first], sens.heads[first])
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_elementwise_taylor_sums_per_weight_terms_and_bounds_taylor(family):
+    """taylor-elementwise: sum of |w * g| over the unit's weights, g summed over the batches. The unit-level Taylor
+    score is |sum of w * g| over the unit's output-projection weights alone, so it is never larger. The model's own
+    gradients are left as they were."""
+    model = tiny_model(family).double()
+    topo = describe(model)
+    batches = _batches(family, n=2)
+    marker = {n: torch.full_like(p, 7.0) for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.grad = marker[n].clone()
+    scores = unit_scores(model, "taylor-elementwise", batches)
+    assert all(torch.equal(p.grad, marker[n]) for n, p in model.named_parameters())
+    taylor = unit_scores(model, "taylor", batches)
+    for i in scores.heads:
+        assert torch.all(scores.heads[i] >= taylor.heads[i] * (1 - 1e-5))
+        assert torch.all(scores.neurons[i] >= taylor.neurons[i] * (1 - 1e-5))
+    # by hand for one neuron: its input rows and its output column, in (out, in) orientation
+    ref = tiny_model(family).double()
+    for b in batches:
+        ref(**b).loss.backward()
+    block, j = topo.blocks[1], 5
+    total = 0.0
+    for name in block.ffn.inputs:
+        m = get_module(ref, name)
+        g = m.weight.grad.T if weight_view(m) is not m.weight else m.weight.grad
+        total += float((weight_view(m)[j] * g[j]).abs().sum().detach())
+    m = get_module(ref, block.ffn.output)
+    g = m.weight.grad.T if weight_view(m) is not m.weight else m.weight.grad
+    total += float((weight_view(m)[:, j] * g[:, j]).abs().sum().detach())
+    assert float(scores.neurons[block.index][j]) == pytest.approx(total, rel=1e-5)

@@ -26,7 +26,12 @@ from prunekit.masks import MaskSet
 from prunekit.patterns import topk_mask
 from prunekit.topology import Topology
 
-COMPARABLE = ("taylor", "fisher", "sensitivity")  # loss change of removing a unit, whatever its kind
+COMPARABLE = (
+    "taylor",
+    "taylor-elementwise",
+    "fisher",
+    "sensitivity",
+)  # loss change of removing a unit, whatever its kind
 
 
 @dataclass

@@ -7,6 +7,8 @@
   d loss / d gate|, with a gate multiplying the unit's output (the input of the output projection). Removing the
   unit sets its gate from 1 to 0, so the change is -d loss / d gate to first order; summing the gradient over
   batches before the absolute value is Torch-Pruning's `|sum(w * grad)|` on the unit's output weights.
+- `taylor-elementwise`: sum over the unit's weights of |w * dL/dw|, the gradient summed over batches (Torch-Pruning's
+  group Taylor importance): per-weight first-order terms, which cannot cancel as the unit-level sum can.
 - `fisher`: sum over batches of (d loss / d gate)^2, the diagonal Fisher information of the unit's mask variable
   (Kwon et al., NeurIPS 2022), with per-batch rather than per-example gradients.
 - `activation`: mean |activation| of the unit over the calibration tokens (padding excluded): a neuron's
@@ -25,9 +27,10 @@ from torch import nn
 from prunekit.core.errors import UsageError
 from prunekit.importance.gates import GateHooks
 from prunekit.topology import Topology, describe, get_module, weight_view
+from prunekit.topology.base import is_conv1d
 
-CRITERIA = ("magnitude", "taylor", "fisher", "sensitivity", "activation")
-DATA_CRITERIA = ("taylor", "fisher", "sensitivity", "activation")  # measured on calibration batches
+CRITERIA = ("magnitude", "taylor", "taylor-elementwise", "fisher", "sensitivity", "activation")
+DATA_CRITERIA = ("taylor", "taylor-elementwise", "fisher", "sensitivity", "activation")  # on calibration batches
 # taylor: |sum of d loss / d gate| (first-order Taylor); fisher: sum of its squares; sensitivity: sum of its absolute
 # values (Michel et al. 2019, what NAS orders units by); activation: mean |output| of the unit
 
@@ -61,6 +64,8 @@ def unit_scores(
         raise UsageError(f"importance '{criterion}' is measured on data: give calibration batches")
     if criterion == "activation":
         return _activation_scores(model, topo, batches)
+    if criterion == "taylor-elementwise":
+        return _elementwise_taylor_scores(model, topo, batches)
     return _gradient_scores(model, topo, batches, criterion, heads_keep)
 
 
@@ -68,36 +73,47 @@ def unit_scores(
 
 
 def magnitude_head_scores(model: nn.Module, topo: Topology) -> dict[int, torch.Tensor]:
+    return {i: v.sqrt() for i, v in _head_sums(model, topo, lambda m: weight_view(m).detach().pow(2)).items()}
+
+
+def magnitude_neuron_scores(model: nn.Module, topo: Topology) -> dict[int, torch.Tensor]:
+    return {i: v.sqrt() for i, v in _neuron_sums(model, topo, lambda m: weight_view(m).detach().pow(2)).items()}
+
+
+def _head_sums(model: nn.Module, topo: Topology, elem) -> dict[int, torch.Tensor]:
+    """Per query head, the sum of `elem(module)` ((out, in) per-weight values) over the weights the head owns: its Q
+    rows and O columns, and its share of its KV group's K / V rows."""
     scores = {}
     for b in topo.blocks:
         a = b.attention
         if a is None or a.num_heads == 0:
             continue
         dh = a.head_dim
-        q = weight_view(get_module(model, a.q)).detach()
-        o = weight_view(get_module(model, a.o)).detach()
-        qs = q[: a.num_heads * dh].reshape(a.num_heads, dh, -1).pow(2).sum((1, 2))
-        os_ = o.reshape(o.shape[0], a.num_heads, dh).pow(2).sum((0, 2))
+        q = elem(get_module(model, a.q))
+        o = elem(get_module(model, a.o))
+        qs = q[: a.num_heads * dh].reshape(a.num_heads, dh, -1).sum((1, 2))
+        os_ = o.reshape(o.shape[0], a.num_heads, dh).sum((0, 2))
         if a.fused_qkv:
-            kv = q[a.num_heads * dh :].reshape(2, a.num_kv_heads, dh, -1).pow(2).sum((0, 2, 3))
+            kv = q[a.num_heads * dh :].reshape(2, a.num_kv_heads, dh, -1).sum((0, 2, 3))
         else:
-            k = weight_view(get_module(model, a.k)).detach().reshape(a.num_kv_heads, dh, -1)
-            v = weight_view(get_module(model, a.v)).detach().reshape(a.num_kv_heads, dh, -1)
-            kv = k.pow(2).sum((1, 2)) + v.pow(2).sum((1, 2))
+            k = elem(get_module(model, a.k)).reshape(a.num_kv_heads, dh, -1)
+            v = elem(get_module(model, a.v)).reshape(a.num_kv_heads, dh, -1)
+            kv = k.sum((1, 2)) + v.sum((1, 2))
         # a KV head's weights are shared by its group: split them evenly over the group's query heads
-        scores[b.index] = (qs + os_ + kv.repeat_interleave(a.group_size) / a.group_size).sqrt()
+        scores[b.index] = qs + os_ + kv.repeat_interleave(a.group_size) / a.group_size
     return scores
 
 
-def magnitude_neuron_scores(model: nn.Module, topo: Topology) -> dict[int, torch.Tensor]:
+def _neuron_sums(model: nn.Module, topo: Topology, elem) -> dict[int, torch.Tensor]:
+    """Per FFN neuron, the sum of `elem(module)` over its input rows and its output column."""
     scores = {}
     for b in topo.blocks:
         if b.ffn is None:
             continue
-        s = weight_view(get_module(model, b.ffn.output)).detach().pow(2).sum(0)
+        s = elem(get_module(model, b.ffn.output)).sum(0)
         for name in b.ffn.inputs:
-            s = s + weight_view(get_module(model, name)).detach().pow(2).sum(1)
-        scores[b.index] = s.sqrt()
+            s = s + elem(get_module(model, name)).sum(1)
+        scores[b.index] = s
     return scores
 
 
@@ -148,6 +164,40 @@ def _gradient_scores(
     n = len(head_gates)
     return UnitScores(dict(zip(head_gates, scores[:n], strict=True)), dict(zip(neuron_gates, scores[n:], strict=True)),
                       criterion, count)  # fmt: skip
+
+
+def _elementwise_taylor_scores(model: nn.Module, topo: Topology, batches: Iterable[dict]) -> UnitScores:
+    """Sum over the unit's weights of |w * g|, g the loss gradient summed over the batches (Torch-Pruning's
+    `GroupTaylorImportance`, biases aside): first-order terms that cannot cancel, so a unit whose weights matter in
+    opposite directions is not taken for idle. The model's own gradients are left as they were."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.grad for p in params]
+    was_training, device, count = model.training, _device(model), 0
+    model.eval()
+    try:
+        for p in params:
+            p.grad = None
+        for batch in batches:
+            out = model(**{k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)})
+            if getattr(out, "loss", None) is None:
+                raise UsageError("importance 'taylor-elementwise' needs a loss: calibration batches must carry labels")
+            out.loss.backward()
+            count += 1
+        if count == 0:
+            raise UsageError("importance 'taylor-elementwise' got no calibration batches")
+
+        def elem(module: nn.Module) -> torch.Tensor:
+            w, g = weight_view(module).detach(), module.weight.grad
+            g = torch.zeros_like(w) if g is None else (g.T if is_conv1d(module) else g)
+            return (w.double() * g.double()).abs()
+
+        heads = {i: v.float() for i, v in _head_sums(model, topo, elem).items()}
+        neurons = {i: v.float() for i, v in _neuron_sums(model, topo, elem).items()}
+    finally:
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+        model.train(was_training)
+    return UnitScores(heads, neurons, "taylor-elementwise", count)
 
 
 def _activation_scores(model: nn.Module, topo: Topology, batches: Iterable[dict]) -> UnitScores:

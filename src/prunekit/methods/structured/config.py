@@ -13,9 +13,10 @@ class StructuredConfig(MethodConfig):
     """Recipe section of `structured`: heads and FFN neurons scored once on calibration batches, the lowest-scoring
     removed and the model compacted before the training stage (METHODS.md 5)."""
 
-    criterion: Literal["taylor", "fisher", "sensitivity", "activation", "magnitude"] = Field(
+    criterion: Literal["taylor", "taylor-elementwise", "fisher", "sensitivity", "activation", "magnitude"] = Field(
         "taylor",
-        description="How heads / neurons are scored: taylor (|sum w * dL/dw| over the unit), fisher (squared "
+        description="How heads / neurons are scored: taylor (|sum w * dL/dw| over the unit), taylor-elementwise "
+        "(sum of |w * dL/dw| over the unit's weights, Torch-Pruning's group Taylor), fisher (squared "
         "gradient of a unit mask), sensitivity (sum of |dL/d mask| over batches), activation (mean |activation|), "
         "magnitude (weight norm, no data).",
     )
