@@ -26,8 +26,8 @@ LAZY_OWN = {"prunekit/__init__.py": {"prunekit.runs"}}  # module -> the prunekit
 # bottom to top; a module may import its own layer and the layers below it. `methods.base` (the protocol the trainer
 # drives) sits below `train`, the method folders above it.
 LAYERS = [
-    "core", "topology", "patterns", "masks", "importance", "compact", "kernels", "catalog", "tasks", "runs", "bench", "costs",
-    "methods.base", "train", "methods", "recipe", "report", "pipelines", "integrations", "api", "cli",
+    "core", "topology", "patterns", "masks", "importance", "compact", "kernels", "catalog", "tasks", "runs", "bench",
+    "costs", "methods.base", "train", "methods", "recipe", "report", "pipelines", "integrations", "api", "cli",
 ]  # fmt: skip
 
 
