@@ -28,7 +28,7 @@ from prunekit.recipe import apply_overrides, load_recipe, parse_recipe
 from prunekit.report import write_report
 from prunekit.runs.directory import check_target, check_task_given, check_writable
 from prunekit.runs.export import export_onnx
-from prunekit.runs.io import load, read_manifest, recorded_path, save, verify_weights
+from prunekit.runs.io import MANIFEST, load, read_manifest, recorded_path, save, verify_weights
 from prunekit.runs.source import load_source, source_fingerprint, sparsity_summary
 from prunekit.tasks import evaluation_data, get_task, load_data
 
@@ -56,7 +56,7 @@ def unit_costs(source: str, *, batch: int, seq: int, threads: int | None, out: s
     target = Path(out) if out is not None else None
     if target is not None:
         _check_costs_target(target, overwrite)
-    head = read_manifest(source).task_head if (Path(source) / "prunekit.json").exists() else "base"
+    head = read_manifest(source).task_head if (Path(source) / MANIFEST).exists() else "base"
     model, _, _ = load_source(source, task_head=head)
     costs = measure_unit_costs(model.eval(), batch=batch, seq_len=seq, threads=threads)
     result = {"kind": COSTS_KIND, "model": source, "threads": threads or torch.get_num_threads(), **costs.to_dict()}
