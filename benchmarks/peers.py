@@ -8,7 +8,10 @@ from that model
   `--epochs` of fine-tuning at `--lr` (`prunekit prune`);
 - `prunekit-taylor-kd`: the same with logit distillation from the dense run (alpha 0.5, temperature 2);
 - `prunekit-etaylor[-kd]`: the same with `criterion: taylor-elementwise` (sum of |w * g| over the unit's weights,
-  the per-weight form Torch-Pruning's Taylor importance uses);
+  the per-weight form Torch-Pruning's Taylor importance uses: it removes exactly the heads and neurons `tp-taylor`
+  removes);
+- `prunekit-etaylor-hkd`: the same with distillation of the logits and of every block's hidden states (MSE, weight
+  1 per block: the pruned model keeps the hidden size);
 - `prunekit-latency-kd`: Taylor scores, but the heads and neurons of any layer removed by least score per
   millisecond saved (`scope: latency`, costs measured on this machine at the largest bench batch) until the
   predicted `--speedup`, then the same recovery with distillation;
@@ -65,12 +68,16 @@ import yaml
 VARIANTS = (
     "prunekit-taylor",
     "prunekit-taylor-kd",
+    "prunekit-etaylor",
+    "prunekit-etaylor-kd",
+    "prunekit-etaylor-hkd",
     "prunekit-latency-kd",
     "prunekit-magnitude-kd",
     "tp-magnitude",
     "tp-taylor",
 )
 KD_LOGITS = {"teacher": "dense", "alpha": 0.5, "temperature": 2.0}  # benchmarks/suites/_common.yaml kd_logits
+KD_HIDDEN = KD_LOGITS | {"hidden_weight": 1.0}  # and every block's hidden states (the pruned model keeps their size)
 
 
 # ------------------------------------------------------------------------------------------------------ recipes
@@ -129,6 +136,8 @@ def prunekit_recipe(args: argparse.Namespace, seed: int, dense_dir: Path, name: 
                   "scope": "layer", "calibration_examples": calib}  # fmt: skip
     recipe = {"model": str(dense_dir), "data": data_section(args), "train": train_section(args, seed),
               "method": method, "bench": bench_section(args)}  # fmt: skip
+    if name.endswith("-hkd"):
+        return recipe | {"distill": dict(KD_HIDDEN)}
     return recipe | ({"distill": dict(KD_LOGITS)} if name.endswith("-kd") else {})
 
 
