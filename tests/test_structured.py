@@ -110,3 +110,25 @@ def test_a_latency_budget_run_meets_its_prediction_and_resumes_with_the_units_it
     assert [(layer["heads"], layer["ffn_width"]) for layer in manifest["structure"]] == kept
     latency = manifest["method_report"]["latency"]  # the report survives the resume (method state)
     assert 1.5 <= latency["predicted_speedup"] < 1.65 and latency["costs"]["dense_ms"] == 100.0
+
+
+def test_sublayers_and_rows_are_dropped_by_score_and_the_run_saves_that_structure(tmp_path, recipe):
+    out = tmp_path / "depth"
+    proc = _prune(recipe, out, "--set", "method.sublayers=0.25", "--set", "method.rows=0.25")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "prunekit.json").read_text())
+    dropped = manifest["method_report"]["dropped_sublayers"]
+    assert len(dropped) == 1  # a quarter of the 2 attention + 2 FFN sublayers
+    layer, kind = dropped[0].split(".")
+    entry = manifest["structure"][int(layer)]
+    assert entry["attention" if kind == "attention" else "ffn"] == "dropped"
+    hidden = 32  # tiny_bert_dir's hidden size: 24 of its 32 rows kept by every remaining sublayer
+    rows = [e[k] for e in manifest["structure"] for k in ("attn_rows", "ffn_rows") if e.get(k) is not None]
+    assert rows and all(r == hidden * 3 // 4 for r in rows)
+
+
+def test_sublayers_and_rows_refuse_what_they_cannot_combine_with():
+    with pytest.raises(Exception, match="scope latency"):
+        create_method("structured", {"scope": "latency", "sublayers": 0.25})
+    with pytest.raises(Exception, match="repair"):
+        create_method("structured", {"repair": True, "rows": 0.25})

@@ -1,4 +1,5 @@
-"""Importance of the structural units a topology defines (attention heads, FFN neurons), and which to keep.
+"""Importance of the structural units a topology defines (attention heads, FFN neurons; whole attention / FFN
+sublayers and the output rows they write, `sublayers`), and which to keep.
 
 One signature for every criterion: `unit_scores(model, criterion, batches)` gives a score per query head and per
 FFN neuron of every layer (higher = more important), from the weights alone (`magnitude`) or measured on
@@ -8,14 +9,18 @@ Methods and NAS's importance reordering score through here.
 """
 
 from prunekit.importance.scores import CRITERIA, DATA_CRITERIA, UnitScores, unit_scores
-from prunekit.importance.select import keep_counts, select_heads, unit_masks
+from prunekit.importance.select import keep_counts, select_heads, sublayer_masks, unit_masks
+from prunekit.importance.sublayers import SublayerScores, sublayer_scores
 
 __all__ = [
     "CRITERIA",
     "DATA_CRITERIA",
+    "SublayerScores",
     "UnitScores",
     "keep_counts",
     "select_heads",
+    "sublayer_masks",
+    "sublayer_scores",
     "unit_masks",
     "unit_scores",
 ]

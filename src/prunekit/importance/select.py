@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from prunekit.importance.scores import UnitScores
+from prunekit.importance.sublayers import SublayerScores
 from prunekit.masks import MaskSet
 from prunekit.patterns import kept_count, topk_mask
 from prunekit.topology import Topology
@@ -66,4 +67,36 @@ def unit_masks(
         counts = keep_counts([scores.neurons[b.index] for b in layers], neurons, scope, min_neurons)
         for b, k in zip(layers, counts, strict=True):
             masks.layer(b.index).neurons = topk_mask(scores.neurons[b.index], k)
+    return masks
+
+
+def sublayer_masks(
+    masks: MaskSet, scores: SublayerScores, *, sublayers: float = 0.0, rows: float = 0.0, min_rows: int = 1
+) -> MaskSet:
+    """`masks` (changed in place and returned) plus: the fraction `sublayers` of all attention and FFN sublayers
+    dropped, the lowest-scoring of one ranking over the model (at least one attention and one FFN sublayer stay),
+    and the fraction `rows` of the output rows of every remaining sublayer removed, lowest scores first. A dropped
+    sublayer's head / neuron masks are cleared (nothing of it is left to mask)."""
+    ranked = sorted(scores.sublayers, key=lambda k: (scores.sublayers[k], k))
+    goal = round(sublayers * len(ranked))
+    left = {kind: sum(1 for k in ranked if k[1] == kind) for kind in ("attention", "ffn")}
+    dropped: set[tuple[int, str]] = set()
+    for key in ranked:
+        if len(dropped) >= goal:
+            break
+        if left[key[1]] > 1:
+            dropped.add(key)
+            left[key[1]] -= 1
+    for layer, kind in dropped:
+        lm = masks.layer(layer)
+        if kind == "attention":
+            lm.drop_attention, lm.heads, lm.attn_rows = True, None, None
+        else:
+            lm.drop_ffn, lm.neurons, lm.ffn_rows = True, None, None
+    if rows > 0:
+        for (layer, kind), score in scores.rows.items():
+            if (layer, kind) in dropped:
+                continue
+            keep = topk_mask(score, kept_count(score.numel(), rows, min(min_rows, score.numel())))
+            setattr(masks.layer(layer), "attn_rows" if kind == "attention" else "ffn_rows", keep)
     return masks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prunekit.methods.base import MethodConfig
 
@@ -31,6 +31,20 @@ class StructuredConfig(MethodConfig):
         ge=0,
         lt=1,
         description="Fraction of the FFN neurons removed (of each layer's with scope layer, of all with global).",
+    )
+    sublayers: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of all attention and FFN sublayers dropped whole, the lowest-scoring of one ranking "
+        "over the model (depth pruning; at least one attention and one FFN sublayer stay).",
+    )
+    rows: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of the output rows (hidden dimensions written to the residual stream) of every "
+        "remaining attention / FFN output projection removed, the lowest-scoring first (MLPruning's rows).",
     )
     scope: Literal["layer", "global", "latency"] = Field(
         "layer",
@@ -59,3 +73,11 @@ class StructuredConfig(MethodConfig):
         description="After removal, re-fit every attention / FFN output projection by least squares to the dense "
         "model's outputs on the calibration batches (layer by layer), so recovery starts close to the dense model.",
     )
+
+    @model_validator(mode="after")
+    def _combinations(self) -> StructuredConfig:
+        if self.scope == "latency" and (self.sublayers > 0 or self.rows > 0):
+            raise ValueError("scope latency spends its budget on heads and neurons: set sublayers and rows to 0")
+        if self.repair and (self.sublayers > 0 or self.rows > 0):
+            raise ValueError("repair re-fits the output projections of whole sublayers: set sublayers and rows to 0")
+        return self

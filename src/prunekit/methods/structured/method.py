@@ -11,7 +11,7 @@ from torch import nn
 
 from prunekit.compact.repair import refit_outputs
 from prunekit.costs import measure_unit_costs, read_unit_costs
-from prunekit.importance import UnitScores, unit_masks, unit_scores
+from prunekit.importance import UnitScores, sublayer_masks, sublayer_scores, unit_masks, unit_scores
 from prunekit.importance.allocate import allocate
 from prunekit.masks import MaskSet
 from prunekit.methods.base import Method, register
@@ -36,13 +36,15 @@ class Structured(Method):
         self._dense: nn.Module | None = None  # the model before removal, kept for the repair only
         self._repair: dict[str, float] | None = None
         self._latency: dict[str, Any] | None = None
+        self._dropped: list[str] | None = None  # "layer.kind" of the sublayers dropped whole
 
     def calibration_examples(self) -> int:
         return self.config.calibration_examples
 
     def calibrate(self, model: nn.Module, batches: Iterable[dict]) -> None:
         c = self.config
-        scores: UnitScores = unit_scores(model, c.criterion, None if c.criterion == "magnitude" else batches)
+        data = None if c.criterion == "magnitude" else list(batches)  # read twice with sublayers / rows
+        scores: UnitScores = unit_scores(model, c.criterion, data)
         self._batches = scores.batches
         if c.repair:
             self._dense = copy.deepcopy(model).eval()
@@ -57,8 +59,14 @@ class Structured(Method):
             self._latency = {"costs": costs.to_dict(), "predicted_ms": predicted,
                              "predicted_speedup": costs.dense_ms / predicted}  # fmt: skip
             return
-        self._masks = unit_masks(describe(model), scores, heads=c.heads, neurons=c.neurons, scope=c.scope,
+        topo = describe(model)
+        self._masks = unit_masks(topo, scores, heads=c.heads, neurons=c.neurons, scope=c.scope,
                                  min_heads=c.min_heads, min_neurons=c.min_neurons)  # fmt: skip
+        if c.sublayers > 0 or c.rows > 0:
+            coarse = sublayer_scores(model, c.criterion, data, topo)
+            sublayer_masks(self._masks, coarse, sublayers=c.sublayers, rows=c.rows)
+            self._dropped = sorted(f"{i}.{kind}" for i, kind in coarse.sublayers
+                                   if getattr(self._masks.layer(i), f"drop_{kind}"))  # fmt: skip
 
     def prune_before_training(self) -> MaskSet | None:
         return self._masks
@@ -73,11 +81,13 @@ class Structured(Method):
     def report(self) -> dict[str, Any] | None:
         out = {"criterion": self.config.criterion, "calibration_batches": self._batches}
         out |= {"latency": self._latency} if self._latency is not None else {}
+        out |= {"dropped_sublayers": self._dropped} if self._dropped is not None else {}
         return out | ({"repair": self._repair} if self._repair is not None else {})
 
     def state_dict(self) -> dict[str, Any]:  # what the report needs after a resume, which does not calibrate again
-        return {"batches": self._batches, "repair": self._repair, "latency": self._latency}
+        return {"batches": self._batches, "repair": self._repair, "latency": self._latency, "dropped": self._dropped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._batches = state.get("batches", self._batches)
         self._repair, self._latency = state.get("repair"), state.get("latency")
+        self._dropped = state.get("dropped")
