@@ -62,6 +62,9 @@ def sublayer_scores(
         raise UsageError(f"importance criterion '{criterion}' is not one of {', '.join(CRITERIA)}")
     topo = topo or describe(model)
     groups = _outputs(topo)
+    scattered = [o for o, _ in groups.values() if getattr(get_module(model, o), "out_index", None) is not None]
+    if scattered:
+        raise UsageError(f"{scattered[0]} has output rows removed already: score sublayers and rows before that")
     if criterion == "magnitude":
         return _magnitude(model, groups)
     if batches is None:

@@ -16,10 +16,10 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 import prunekit.methods as package
@@ -33,6 +33,23 @@ class MethodConfig(BaseModel):
     """Base of every method's recipe section; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class WarmStartConfig(MethodConfig):
+    """Fields of the methods with learned unit scores (movement, MLPruning) that can start them from importance
+    measured on calibration data (prunekit.importance.warm_start)."""
+
+    score_from: Literal["none", "taylor", "taylor-elementwise", "fisher", "sensitivity", "activation", "magnitude"] = (
+        Field(
+            "none",
+            description="Start every unit's learned score from this importance criterion on calibration batches of "
+            "the training split (its rank in its layer, scaled to [0, score_from_scale]); none: all start equal.",
+        )
+    )
+    score_from_scale: float = Field(
+        1.0, gt=0, description="Spread of the starting scores: about the score steps needed to overturn their order."
+    )
+    calibration_examples: int = Field(512, ge=1, description="Training examples `score_from` is measured on.")
 
 
 @dataclass

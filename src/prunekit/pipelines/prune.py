@@ -77,7 +77,8 @@ def _prune_before_training(run: Run, model: nn.Module, task, data, tok):
         return masks, report
     method.calibrate(model, batches())
     masks = _same_on_every_process(method.prune_before_training())
-    if masks is None:
+    if masks is None:  # calibrated only (e.g. learned scores started from data importance)
+        run.timings["calibrate_s"] = round(time.perf_counter() - t0, 2)
         return None
     check_keeps_attention(model, masks)
     report = sparsity_report(model, masks)

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from prunekit.core.errors import UsageError
 from prunekit.importance.magnitude import check_scope
-from prunekit.methods.base import MethodConfig
+from prunekit.methods.base import MethodConfig, WarmStartConfig
 from prunekit.patterns import check_sparsity, parse_pattern
 
 
@@ -121,7 +121,7 @@ class GradualMagnitudeConfig(ScheduleConfig):
     _scope = field_validator("scope")(check_scope)
 
 
-class MovementConfig(ScheduleConfig):
+class MovementConfig(ScheduleConfig, WarmStartConfig):
     """Recipe section of `movement` (Sanh, Wolf & Rush 2020, hard Top-K). `pattern`: unstructured | N:M (e.g. 2:4,
     from `start` on; `sparsity` does not apply) | BxB (scores per tile) | head | neuron, or a list such as
     [head, neuron], each pruned to the same sparsity."""
@@ -154,6 +154,12 @@ class MovementConfig(ScheduleConfig):
         return normalize_patterns(v, ("unstructured", "nm", "block", "head", "neuron"))
 
     _scope = field_validator("scope")(check_scope)
+
+    @model_validator(mode="after")
+    def _warm_start_units(self) -> MovementConfig:
+        if self.score_from != "none" and any(parse_pattern(p).kind not in ("head", "neuron") for p in self.pattern):
+            raise ValueError("score_from starts the scores of heads and neurons: use pattern head / neuron with it")
+        return self
 
 
 # ---------------------------------------------------------------- proximal shrinkage (l1, neuroprune)

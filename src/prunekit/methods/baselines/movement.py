@@ -1,6 +1,7 @@
 """Movement pruning (Sanh, Wolf & Rush 2020), hard Top-K variant, driven by the trainer.
 
-Every targeted weight W gets learned importance scores S (init 0). The forward uses W' = W * TopK(S) and
+Every targeted weight W gets learned importance scores S (init 0; heads / neurons can start from importance
+measured on data, `score_from`). The forward uses W' = W * TopK(S) and
 the backward is straight-through: dL/dS = dL/dW' * W, so S accumulates -W * dL/dW' and keeps the
 weights moving away from zero rather than the large ones. The kept fraction follows the cubic schedule
 of gradual magnitude pruning. Scores are per weight (unstructured, N:M, per B x B tile for blocks) or
@@ -15,6 +16,7 @@ parametrizations, leaving plain weights with the masked entries exactly zero.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.importance import keep_counts, select_heads
+from prunekit.importance.warm_start import data_unit_scores, rank_init
 from prunekit.masks import MaskSet, zero_masked
 from prunekit.methods.base import Method, check_patterns_fit, register
 from prunekit.methods.baselines.config import MovementConfig
@@ -113,6 +116,14 @@ class Movement(Method):
         self._entries: dict[str, list[Entry]] = {}
         self._final: MaskSet | None = None
         self._removed = False  # train_small: the final heads / neurons were removed from the model
+        self._warm: dict[tuple[int, str], torch.Tensor] = {}  # (layer, heads / neurons) -> data scores (score_from)
+
+    def calibration_examples(self) -> int:
+        return self.config.calibration_examples if self.config.score_from != "none" else 0
+
+    def calibrate(self, model: nn.Module, batches: Iterable[dict]) -> None:
+        kinds = {"heads" if parse_pattern(p).kind == "head" else "neurons" for p in self.config.pattern}
+        self._warm = data_unit_scores(model, self.config.score_from, batches, kinds)
 
     def attach(self, model: nn.Module, topo: Topology) -> None:
         super().attach(model, topo)
@@ -145,10 +156,15 @@ class Movement(Method):
                             nm_mask(torch.zeros(1, in_f), p.n, p.m)
                         targets.append((name, b.index, "element", (out_f, in_f), {}))
         entries = []
+        unit_kind = {"head": "heads", "neuron": "neurons"}.get(p.kind)
         for name, layer, kind, shape, extra in targets:
             module = get_module(model, name)
             device = module.weight.device
             pm = ScoreMask(kind, shape, transpose=is_conv1d(module), init=init, device=device, **extra)
+            warm = self._warm.get((layer, unit_kind)) if unit_kind else None
+            if warm is not None:  # score_from: the data's order (a checkpoint's scores replace these on resume)
+                with torch.no_grad():
+                    pm.scores.add_(rank_init(warm, self.config.score_from_scale).to(device))
             parametrize.register_parametrization(module, "weight", pm)
             entries.append((name, layer, pm))
         return entries

@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from prunekit.methods.base import MethodConfig
+from prunekit.methods.base import WarmStartConfig
 
 UNIT_TYPES = ("heads", "attn_rows", "neurons", "ffn_rows")
 
 
-class MLPruningConfig(MethodConfig):
+class MLPruningConfig(WarmStartConfig):
     """`step`: 1 (heads and rows), 2 (blocks, e.g. of a step-1 run given as `model`) or both in one run."""
 
     step: Literal[1, 2, "both"] = Field(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.compact.remove import compact
+from prunekit.importance.warm_start import data_unit_scores, rank_init
 from prunekit.kernels import pack_block_sparse
 from prunekit.masks import MaskSet, block_parameter_count, zero_masked
 from prunekit.methods.base import Method, NextStage, register
@@ -273,6 +274,13 @@ class MLPruning(Method):
         self._final: MaskSet | None = None
         self.info: dict[str, Any] = {}  # dense_params (at the start of the run), step1 summary
         self.pack_report: dict[str, Any] | None = None
+        self._warm: dict[tuple[int, str], torch.Tensor] = {}  # (layer, unit type) -> data scores (score_from)
+
+    def calibration_examples(self) -> int:
+        return self.config.calibration_examples if self.config.score_from != "none" and self.step == 1 else 0
+
+    def calibrate(self, model: nn.Module, batches: Iterable[dict]) -> None:
+        self._warm = data_unit_scores(model, self.config.score_from, batches, self.config.units)
 
     # ------------------------------------------------------------ attach
 
@@ -292,6 +300,12 @@ class MLPruning(Method):
         if not hasattr(block, UNITS_ATTR):
             block.add_module(UNITS_ATTR, nn.ModuleDict())
         unit = UnitScores(n, self.config.score_init, self.config.threshold_init, device=device)
+        warm = self._warm.get((layer, key))
+        if warm is not None:  # score_from: the data's order (a checkpoint's scores replace these on resume)
+            if key == "heads":  # one unit per KV head: the sum of its query heads' scores
+                warm = warm.view(n, -1).sum(1)
+            with torch.no_grad():
+                unit.scores.add_(rank_init(warm, self.config.score_from_scale).to(device))
         getattr(block, UNITS_ATTR)[key] = unit
         self._units[(layer, key)] = unit
         return unit
