@@ -18,7 +18,7 @@ sublayers by what their output carries rather than predicting the removed model'
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -123,11 +123,9 @@ def _forward_inputs(batch: dict, device: torch.device, labels: bool = True) -> d
     return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and (labels or k != "labels")}
 
 
-def _gradient(model: nn.Module, groups, batches: Iterable[dict], criterion: str) -> SublayerScores:
-    hooks = _OutputGates(model, groups, requires_grad=True)
-    keys = list(hooks.gates)
-    rows = {k: torch.zeros(hooks.gates[k].numel(), dtype=torch.float64) for k in keys}
-    whole = dict.fromkeys(keys, 0.0)
+def _batch_losses(model: nn.Module, batches: Iterable[dict], criterion: str) -> Iterator[torch.Tensor]:
+    """The loss of every calibration batch, the model in eval mode meanwhile (no dropout: the gradients of a
+    deterministic function); one error for a batch without labels, or for no batch at all."""
     was_training, device, count = model.training, next(model.parameters()).device, 0
     model.eval()
     try:
@@ -135,7 +133,23 @@ def _gradient(model: nn.Module, groups, batches: Iterable[dict], criterion: str)
             out = model(**_forward_inputs(batch, device))
             if getattr(out, "loss", None) is None:
                 raise UsageError(f"importance '{criterion}' needs a loss: calibration batches must carry labels")
-            grads = torch.autograd.grad(out.loss, [hooks.gates[k] for k in keys], allow_unused=True)
+            count += 1
+            yield out.loss
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise UsageError(f"importance '{criterion}' got no calibration batches")
+
+
+def _gradient(model: nn.Module, groups, batches: Iterable[dict], criterion: str) -> SublayerScores:
+    hooks = _OutputGates(model, groups, requires_grad=True)
+    keys = list(hooks.gates)
+    rows = {k: torch.zeros(hooks.gates[k].numel(), dtype=torch.float64) for k in keys}
+    whole = dict.fromkeys(keys, 0.0)
+    count = 0
+    try:
+        for loss in _batch_losses(model, batches, criterion):
+            grads = torch.autograd.grad(loss, [hooks.gates[k] for k in keys], allow_unused=True)
             for k, g in zip(keys, grads, strict=True):
                 g = torch.zeros_like(rows[k]) if g is None else g.detach().double().cpu()
                 s = float(g.sum())
@@ -151,9 +165,6 @@ def _gradient(model: nn.Module, groups, batches: Iterable[dict], criterion: str)
             count += 1
     finally:
         hooks.remove()
-        model.train(was_training)
-    if count == 0:
-        raise UsageError(f"importance '{criterion}' got no calibration batches")
     fix = (lambda t: t.abs()) if criterion == "taylor" else (lambda t: t)
     return SublayerScores(
         {k: float(abs(v)) for k, v in whole.items()}, {k: fix(v).float() for k, v in rows.items()}, criterion, count
@@ -170,22 +181,13 @@ def _elementwise(model: nn.Module, groups, batches: Iterable[dict]) -> SublayerS
             params[(n, "bias")] = m.bias
     keys = list(params)
     sums = {k: torch.zeros_like(params[k], dtype=torch.float64) for k in keys}
-    was_training, device, count = model.training, next(model.parameters()).device, 0
-    model.eval()
-    try:
-        for batch in batches:
-            out = model(**_forward_inputs(batch, device))
-            if getattr(out, "loss", None) is None:
-                raise UsageError("importance 'taylor-elementwise' needs a loss: calibration batches must carry labels")
-            grads = torch.autograd.grad(out.loss, [params[k] for k in keys], allow_unused=True)
-            for k, g in zip(keys, grads, strict=True):
-                if g is not None:
-                    sums[k] += g.detach().double()
-            count += 1
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise UsageError("importance 'taylor-elementwise' got no calibration batches")
+    count = 0
+    for loss in _batch_losses(model, batches, "taylor-elementwise"):
+        grads = torch.autograd.grad(loss, [params[k] for k in keys], allow_unused=True)
+        for k, g in zip(keys, grads, strict=True):
+            if g is not None:
+                sums[k] += g.detach().double()
+        count += 1
 
     def terms(name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """|w * g| of the module in (out, in) orientation, and of its bias."""
