@@ -15,8 +15,8 @@ from prunekit.importance.warm_start import data_unit_scores, rank_init
 from prunekit.methods.base import create_method
 from prunekit.topology import describe
 from test_importance import _batches
-from train_fixtures import sentiment_csv, tiny_bert_dir
 from tiny import tiny_model
+from train_fixtures import sentiment_csv, tiny_bert_dir
 
 
 def test_rank_init_keeps_the_order_on_an_even_scale():
