@@ -25,11 +25,9 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import UsageError
-from prunekit.importance.scores import CRITERIA
+from prunekit.importance.scores import CRITERIA, _device
 from prunekit.topology import Topology, describe, get_module, weight_view
 from prunekit.topology.base import is_conv1d
-
-KINDS = ("attention", "ffn")
 
 
 @dataclass
@@ -126,7 +124,7 @@ def _forward_inputs(batch: dict, device: torch.device, labels: bool = True) -> d
 def _batch_losses(model: nn.Module, batches: Iterable[dict], criterion: str) -> Iterator[torch.Tensor]:
     """The loss of every calibration batch, the model in eval mode meanwhile (no dropout: the gradients of a
     deterministic function); one error for a batch without labels, or for no batch at all."""
-    was_training, device, count = model.training, next(model.parameters()).device, 0
+    was_training, device, count = model.training, _device(model), 0
     model.eval()
     try:
         for batch in batches:
@@ -233,7 +231,7 @@ def _activation(model: nn.Module, groups, batches: Iterable[dict]) -> SublayerSc
 
     for key, (o, _) in groups.items():
         handles.append(get_module(model, o).register_forward_hook(hook_for(key)))
-    was_training, device, count, tokens = model.training, next(model.parameters()).device, 0, 0.0
+    was_training, device, count, tokens = model.training, _device(model), 0, 0.0
     model.eval()
     try:
         with torch.no_grad():
