@@ -56,6 +56,8 @@ def _ort_matches(model, path, family: str) -> float:
     """Independent of export_onnx's own check: another shape again, every output compared."""
     inputs = tiny_inputs(family, batch=3, seq=5, seed=3)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if "token_type_ids" in {i.name for i in sess.get_inputs()}:  # BERT-like: one segment, as the model's default
+        inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
     got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
     with torch.no_grad():
         ref = model(**inputs).logits.numpy()
@@ -73,6 +75,25 @@ def _export_and_compare(model, family: str, tmp_path, **kwargs) -> dict:
     assert _ort_matches(model, path, family) <= 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left behind
     return info
+
+
+def test_sentence_pairs_keep_their_segments(tmp_path):
+    """A model that embeds segments takes token_type_ids in the graph: a pair's second sentence reads as such."""
+    model = tiny_model("bert").eval()
+    path = tmp_path / "bert.onnx"
+    export_onnx(model, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    inputs = tiny_inputs("bert", batch=3, seq=6, seed=4)
+    inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+    inputs["token_type_ids"][:, 3:] = 1
+    with torch.no_grad():
+        ref = model(**inputs).logits.numpy()
+        one_segment = model(**{k: v for k, v in inputs.items() if k != "token_type_ids"}).logits.numpy()
+    got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    assert np.abs(got - ref).max() <= 1e-4
+    assert np.abs(ref - one_segment).max() > 1e-3  # the segments change the output: the check can fail
+    assert export.input_names(tiny_model("llama")) == ("input_ids", "attention_mask")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

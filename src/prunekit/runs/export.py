@@ -27,6 +27,7 @@ from prunekit.core.errors import PrunekitError, UsageError
 from prunekit.topology import max_positions
 
 INPUT_NAMES = ("input_ids", "attention_mask")
+SEGMENTS = "token_type_ids"  # an input too where the model embeds segments (BERT-like pairs: QA, NLI)
 # ModelOutput fields exported, in order of preference: task heads first, then a base model's states
 _OUTPUTS = (("logits",), ("start_logits", "end_logits"), ("last_hidden_state",))
 
@@ -43,9 +44,23 @@ class _MainOutput(nn.Module):
         self.outputs = outputs
         self.extra = _no_cache(model)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **self.extra)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        segments = {} if token_type_ids is None else {SEGMENTS: token_type_ids}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **segments, **self.extra)
         return tuple(out[k] for k in self.outputs)
+
+
+def input_names(model: nn.Module) -> tuple[str, ...]:
+    """The graph's inputs: ids and mask, and token_type_ids for a model that embeds more than one segment (a
+    graph without them would read every sentence pair as one segment)."""
+    segments = int(getattr(getattr(model, "config", None), "type_vocab_size", 0) or 0) > 1
+    try:
+        takes = SEGMENTS in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return (*INPUT_NAMES, SEGMENTS) if segments and takes else INPUT_NAMES
 
 
 def _no_cache(model: nn.Module) -> dict:
@@ -53,15 +68,23 @@ def _no_cache(model: nn.Module) -> dict:
     return {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
 
 
-def make_inputs(config, batch: int, seq: int, seed: int = 0, device: torch.device | str = "cpu") -> dict:
-    """Random ids with right padding in the last row, so the mask path is exercised too."""
+def make_inputs(
+    config, batch: int, seq: int, seed: int = 0, device: torch.device | str = "cpu", segments: bool = False
+) -> dict:
+    """Random ids with right padding in the last row, so the mask path is exercised too; with `segments`, token
+    type 1 over the second half of every row (a sentence pair)."""
     g = torch.Generator().manual_seed(seed)
     vocab = int(getattr(config, "vocab_size", 100))
     ids = torch.randint(min(3, vocab - 1), vocab, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
     if batch > 1 and seq > 2:
         mask[-1, -2:] = 0
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if segments:
+        types = torch.zeros(batch, seq, dtype=torch.long)
+        types[:, seq // 2 :] = 1
+        inputs[SEGMENTS] = types.to(device)
+    return inputs
 
 
 def _check_shape(config, batch: int, seq: int) -> tuple[int, int]:
@@ -74,9 +97,9 @@ def _check_shape(config, batch: int, seq: int) -> tuple[int, int]:
     return batch + 1, new_seq
 
 
-def _example(model: nn.Module, example_inputs: dict | None, device: torch.device) -> dict:
+def _example(model: nn.Module, example_inputs: dict | None, device: torch.device, segments: bool) -> dict:
     if example_inputs is None:
-        return make_inputs(getattr(model, "config", None), 2, 8, device=device)
+        return make_inputs(getattr(model, "config", None), 2, 8, device=device, segments=segments)
     missing = [k for k in INPUT_NAMES if k not in example_inputs]
     if "input_ids" in missing:
         raise UsageError("example_inputs needs 'input_ids' (and optionally 'attention_mask')")
@@ -85,9 +108,11 @@ def _example(model: nn.Module, example_inputs: dict | None, device: torch.device
     mask = torch.ones_like(ids) if mask is None else mask.to(device=device, dtype=ids.dtype)
     if ids.dim() != 2:
         raise UsageError(f"example input_ids must be (batch, seq), got shape {tuple(ids.shape)}")
+    types = example_inputs.get(SEGMENTS)
+    types = torch.zeros_like(ids) if types is None else types.to(device=device, dtype=ids.dtype)
     if ids.shape[0] == 1:  # torch.export specialises size-1 dimensions: export with two rows
-        ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
-    return {"input_ids": ids, "attention_mask": mask}
+        ids, mask, types = ids.repeat(2, 1), mask.repeat(2, 1), types.repeat(2, 1)
+    return {"input_ids": ids, "attention_mask": mask, **({SEGMENTS: types} if segments else {})}
 
 
 def _output_keys(model: nn.Module, inputs: dict) -> tuple[str, ...]:
@@ -103,7 +128,7 @@ def _output_keys(model: nn.Module, inputs: dict) -> tuple[str, ...]:
 
 
 def _export_dynamo(wrapper: nn.Module, inputs: dict, path: Path, opset: int | None, names: tuple[str, ...]) -> None:
-    dims = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+    dims = {k: {0: "batch", 1: "sequence"} for k in inputs}
     torch.onnx.export(
         wrapper,
         (),
@@ -111,7 +136,7 @@ def _export_dynamo(wrapper: nn.Module, inputs: dict, path: Path, opset: int | No
         kwargs=inputs,
         dynamo=True,
         dynamic_shapes=dims,
-        input_names=list(INPUT_NAMES),
+        input_names=list(inputs),
         output_names=list(names),
         opset_version=opset,
         external_data=False,  # still external when the weights exceed 2 GB
@@ -122,13 +147,13 @@ def _export_dynamo(wrapper: nn.Module, inputs: dict, path: Path, opset: int | No
 def _export_torchscript(
     wrapper: nn.Module, inputs: dict, path: Path, opset: int | None, names: tuple[str, ...]
 ) -> None:
-    axes = {n: {0: "batch", 1: "sequence"} for n in (*INPUT_NAMES, *names)}
+    axes = {n: {0: "batch", 1: "sequence"} for n in (*inputs, *names)}
     torch.onnx.export(
         wrapper,
-        (inputs["input_ids"], inputs["attention_mask"]),
+        tuple(inputs.values()),
         str(path),
         dynamo=False,
-        input_names=list(INPUT_NAMES),
+        input_names=list(inputs),
         output_names=list(names),
         dynamic_axes=axes,
         opset_version=opset,
@@ -200,7 +225,8 @@ def export_onnx(
     exporter: Exporter = "auto",
 ) -> dict[str, Any]:
     """Export the main output (logits, start/end logits or last_hidden_state) with dynamic batch and
-    sequence axes; inputs are `input_ids` and `attention_mask`, decoders run without KV cache.
+    sequence axes; inputs are `input_ids` and `attention_mask` (and `token_type_ids` for a model that embeds
+    segments: `input_names`), decoders run without KV cache.
 
     With `check`, onnxruntime must match PyTorch within `atol` on inputs of another shape than the
     export example; an attempt that fails to export or to match falls back to the next exporter.
@@ -221,11 +247,13 @@ def export_onnx(
     training = {m: m.training for m in model.modules()}  # per module: a partly frozen model stays so
     model.eval()
     try:
-        inputs = _example(model, example_inputs, device)
+        segments = SEGMENTS in input_names(model)
+        inputs = _example(model, example_inputs, device, segments)
         names = _output_keys(model, inputs)
         wrapper = _MainOutput(model, names).eval()
         config = getattr(model, "config", None)
-        check_inputs = make_inputs(config, *_check_shape(config, *inputs["input_ids"].shape), 1, device)
+        check_shape = _check_shape(config, *inputs["input_ids"].shape)
+        check_inputs = make_inputs(config, *check_shape, 1, device, segments=segments)
         order = list(_EXPORTERS) if exporter == "auto" else [exporter]
         failures = []
         for name in order:
