@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from prunekit.pipelines.search import extract, run_search
 from prunekit.recipe import apply_overrides, load_recipe, parse_recipe
 from prunekit.report import write_report
 from prunekit.runs.directory import check_target, check_task_given, check_writable
+from prunekit.runs import int8
 from prunekit.runs.export import export_onnx
 from prunekit.runs.io import MANIFEST, load, read_manifest, recorded_path, save, verify_weights
 from prunekit.runs.source import load_source, source_fingerprint, sparsity_summary
@@ -35,7 +37,7 @@ from prunekit.tasks import evaluation_data, get_task, load_data
 # what the CLI and users reach through this module, beside the functions defined here
 __all__ = [
     "REGISTRY", "apply_overrides", "bench", "compact_source", "cuda_available", "dataset_catalog", "default_threads",
-    "evaluate_run", "export_onnx", "extract", "load", "load_model", "load_recipe", "load_source", "magnitude_prune",
+    "bench_int8", "evaluate_run", "export_int8", "export_onnx", "extract", "load", "load_model", "load_recipe", "load_source", "magnitude_prune",
     "method_names", "models_table", "parse_recipe", "read_manifest", "reference_for", "report", "run_recipe",
     "run_search", "save", "unit_costs", "verify_weights", "write_report",
 ]  # fmt: skip
@@ -175,8 +177,11 @@ def _evaluation_record(manifest) -> dict[str, Any]:
 
 
 def reference_for(run_dir: str) -> nn.Module:
-    """The dense model a run started from, with the same head, for side-by-side measurements."""
+    """The dense model a run started from, with the same head, for side-by-side measurements: the run's own dense
+    fine-tune (its `dense/` folder, what the run's dense metrics measured) where the recipe had one."""
     manifest = read_manifest(run_dir)
+    if (Path(run_dir) / "dense" / MANIFEST).is_file():
+        return load(Path(run_dir) / "dense", block_sparse="never").eval()
     if not manifest.source_model:
         raise UsageError(f"'{run_dir}' records no source model: pass --reference MODEL")
 
@@ -225,6 +230,48 @@ def _recorded_data(run_dir: str, manifest, d: dict) -> tuple[str, str | None]:
     return dataset, data_dir
 
 
+def export_int8(run_dir: str, path: str | Path) -> dict[str, Any]:
+    """The run's model as an int8 ONNX file (ONNX Runtime dynamic quantization of the checked fp32 export)."""
+    return int8.export_int8(load(run_dir, block_sparse="never"), path)
+
+
+def bench_int8(
+    run_dir: str,
+    reference: nn.Module,
+    *,
+    grid: tuple[tuple[int, int], ...],
+    threads: int,
+    repeats: int,
+    warmup: int,
+    split: str = "test",
+    evaluate: bool = True,
+) -> dict[str, Any]:
+    """int8 on top of pruning, in one process: dense fp32, pruned fp32 and the pruned model quantized by each
+    backend (int8.BACKENDS), timed in turns at every grid point and (with `evaluate`) scored on the run's
+    `split`. Speedups are against dense fp32."""
+    pruned = load(run_dir, block_sparse="never").eval()
+    variants: dict[str, nn.Module] = {"dense fp32": reference.eval(), "pruned fp32": pruned}
+    made: dict[str, Any] = {}
+    variants["pruned int8 (torch)"], made["torch"] = int8.torch_int8(pruned)
+    with tempfile.TemporaryDirectory(prefix="prunekit-int8-") as tmp:
+        info = int8.export_int8(pruned, Path(tmp) / "model.int8.onnx")
+        made["onnxruntime"] = {k: info[k] for k in ("exporter", "int8_max_abs_diff", "quantized")}
+        variants["pruned int8 (onnxruntime)"] = int8.OnnxModel(info["path"], pruned.config, threads=threads)
+        vocab = min(pruned.config.vocab_size, reference.config.vocab_size)
+        latency = []
+        for batch, seq in grid:
+            ms = bench.interleaved_latency(variants, batch=batch, seq_len=seq, vocab_size=vocab, warmup=warmup,
+                                           repeats=repeats, threads=threads)  # fmt: skip
+            dense = ms["dense fp32"]
+            latency.append({"batch": batch, "seq_len": seq, "median_ms": ms,
+                            "speedup": {k: dense / v for k, v in ms.items()}})  # fmt: skip
+        metrics = {}
+        if evaluate:
+            for name, model in variants.items():  # the dense reference on the run's split too, with its tokenizer
+                metrics[name] = evaluate_run(run_dir, split=split, model=model)
+    return {"threads": threads, "latency": latency, "metrics": metrics, "split": split, "backends": made}
+
+
 def evaluate_run(
     run_dir: str,
     *,
@@ -234,9 +281,11 @@ def evaluate_run(
     batch_size: int = 64,
     max_length: int | None = None,
     task: str | None = None,
+    model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Metrics of a run's model on its own split (re-made from the manifest's split recipe) or on a user file.
-    `task` names the task kind for a run that records none (a `compact` of a plain model); it needs `data`."""
+    `task` names the task kind for a run that records none (a `compact` of a plain model); it needs `data`.
+    `model` evaluates another form of the run's model (e.g. int8) in its place, with the run's tokenizer."""
     if batch_size < 1:
         raise UsageError(f"batch size {batch_size} is not a batch size: give 1 or more")
     manifest = read_manifest(run_dir)
@@ -274,6 +323,7 @@ def evaluate_run(
         dataset, where = splits[split], split
     if len(dataset) == 0:
         raise UsageError(f"{where} has no rows to evaluate: give data with at least one example")
-    model, tok = load(run_dir, with_tokenizer=True, block_sparse="never")  # same outputs, no timing
+    saved, tok = load(run_dir, with_tokenizer=True, block_sparse="never")  # same outputs, no timing
+    model = saved if model is None else model
     metrics = task_obj.evaluate(model, dataset, tok, batch_size=batch_size, max_length=max_length)
     return {"data": where, "examples": len(dataset), **metrics}

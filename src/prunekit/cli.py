@@ -208,10 +208,20 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Warm-up repetitions per point.")] = 3,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     memory: Annotated[bool, typer.Option(help="Measure peak memory.")] = True,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="Also time the pruned model quantized to int8 (PyTorch and ONNX Runtime dynamic quantization) "
+            "beside dense and pruned fp32, and score each on the run's test split (CPU only).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Parameters, FLOPs, latency, throughput and memory beside the dense model, with ratios."""
     _check_bench_args(batch, seq, threads, repeats, warmup, device)
+    if int8 and device != "cpu":
+        raise UsageError("--int8 measures CPU inference: leave out --device cuda")
 
     api = _api()
     model = api.load(run_dir)
@@ -235,10 +245,29 @@ def bench(
         memory=memory,
         patterns=api.read_manifest(run_dir).patterns,
     )
+    if int8:
+        result["int8"] = api.bench_int8(run_dir, ref, grid=grid, threads=threads, repeats=repeats, warmup=warmup)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
         console.print(api.bench.format_bench(result))
+        if int8:
+            console.print(_int8_table(result["int8"], api.read_manifest(run_dir)))
+
+
+def _int8_table(result: dict, manifest) -> Table:
+    """Quality and measured speed of dense fp32, pruned fp32 and pruned int8 (each backend), in one process."""
+    key = (manifest.task or {}).get("main_metric", "accuracy")
+    table = Table(title=f"int8 on top of pruning ({result['threads']} threads, one process)")
+    table.add_column("model")
+    table.add_column(f"{result['split']} {key}", justify="right")
+    for point in result["latency"]:
+        table.add_column(f"b{point['batch']} s{point['seq_len']} ms (speedup)", justify="right")
+    for name in result["latency"][0]["median_ms"]:
+        value = (result["metrics"].get(name) or {}).get(key)
+        cells = [f"{p['median_ms'][name]:.1f} ({p['speedup'][name]:.2f}x)" for p in result["latency"]]
+        table.add_row(name, "-" if value is None else f"{value:.4f}", *cells)
+    return table
 
 
 def _check_bench_args(
@@ -283,17 +312,30 @@ def costs(
 def export(
     run_dir: Annotated[str, typer.Argument(help="Run directory to export.")],
     format: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
-    out: Annotated[str | None, typer.Option(help="Output file (default: RUN_DIR/model.onnx).")] = None,
+    out: Annotated[
+        str | None, typer.Option(help="Output file (default: RUN_DIR/model.onnx, RUN_DIR/model.int8.onnx).")
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(help="int8: ONNX Runtime dynamic quantization of the weights (per channel) after the export."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the output file if it exists.")] = False,
 ) -> None:
     """Export a run's model (ONNX, checked against PyTorch with onnxruntime)."""
 
     if format != "onnx":
         raise UsageError(f"unknown export format '{format}': use onnx")
-    path = Path(out or Path(run_dir) / "model.onnx")
+    if quantize not in (None, "int8"):
+        raise UsageError(f"--quantize '{quantize}' is not supported: use int8 or leave it out")
+    path = Path(out or Path(run_dir) / ("model.int8.onnx" if quantize else "model.onnx"))
     if path.exists() and not overwrite:
         raise UsageError(f"'{path}' exists: choose another --out or pass --overwrite")
     api = _api()
+    if quantize:
+        info = api.export_int8(run_dir, path)
+        typer.echo(f"wrote {path} (int8, {info['size_bytes'] / 1e6:.1f} MB; max |int8 - torch fp32| = "
+                   f"{info['int8_max_abs_diff']:.2e}; `prunekit bench {run_dir} --int8` measures it)")  # fmt: skip
+        return
     info = api.export_onnx(api.load(run_dir, block_sparse="never"), path)
     typer.echo(f"wrote {path} ({info['exporter']} exporter, max |onnxruntime - torch| = {info['max_abs_diff']:.2e})")
 
