@@ -27,8 +27,8 @@ from prunekit.pipelines.prune import run_recipe
 from prunekit.pipelines.search import extract, run_search
 from prunekit.recipe import apply_overrides, load_recipe, parse_recipe
 from prunekit.report import write_report
-from prunekit.runs.directory import check_target, check_task_given, check_writable
 from prunekit.runs import int8
+from prunekit.runs.directory import check_target, check_task_given, check_writable
 from prunekit.runs.export import export_onnx
 from prunekit.runs.io import MANIFEST, load, read_manifest, recorded_path, save, verify_weights
 from prunekit.runs.source import load_source, source_fingerprint, sparsity_summary
@@ -37,9 +37,9 @@ from prunekit.tasks import evaluation_data, get_task, load_data
 # what the CLI and users reach through this module, beside the functions defined here
 __all__ = [
     "REGISTRY", "apply_overrides", "bench", "compact_source", "cuda_available", "dataset_catalog", "default_threads",
-    "bench_int8", "evaluate_run", "export_int8", "export_onnx", "extract", "load", "load_model", "load_recipe", "load_source", "magnitude_prune",
-    "method_names", "models_table", "parse_recipe", "read_manifest", "reference_for", "report", "run_recipe",
-    "run_search", "save", "unit_costs", "verify_weights", "write_report",
+    "bench_int8", "evaluate_run", "export_int8", "export_onnx", "extract", "load", "load_model", "load_recipe",
+    "load_source", "magnitude_prune", "method_names", "models_table", "parse_recipe", "read_manifest",
+    "reference_for", "report", "run_recipe", "run_search", "save", "unit_costs", "verify_weights", "write_report",
 ]  # fmt: skip
 
 
