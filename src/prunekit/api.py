@@ -248,7 +248,8 @@ def bench_int8(
 ) -> dict[str, Any]:
     """int8 on top of pruning, in one process: dense fp32, pruned fp32 and the pruned model quantized by each
     backend (int8.BACKENDS), timed in turns at every grid point and (with `evaluate`) scored on the run's
-    `split`. Speedups are against dense fp32."""
+    `split`; dense fp32's score is the run's record of the model it pruned where it has one (the reference
+    timed here may be a differently trained model of the same shape). Speedups are against dense fp32."""
     pruned = load(run_dir, block_sparse="never").eval()
     variants: dict[str, nn.Module] = {"dense fp32": reference.eval(), "pruned fp32": pruned}
     made: dict[str, Any] = {}
@@ -261,14 +262,18 @@ def bench_int8(
         latency = []
         for batch, seq in grid:
             ms = bench.interleaved_latency(variants, batch=batch, seq_len=seq, vocab_size=vocab, warmup=warmup,
-                                           repeats=repeats, threads=threads)  # fmt: skip
+                                           repeats=repeats, threads=threads, settle=1)  # fmt: skip
             dense = ms["dense fp32"]
             latency.append({"batch": batch, "seq_len": seq, "median_ms": ms,
                             "speedup": {k: dense / v for k, v in ms.items()}})  # fmt: skip
-        metrics = {}
+        metrics: dict[str, Any] = {}
         if evaluate:
-            for name, model in variants.items():  # the dense reference on the run's split too, with its tokenizer
-                metrics[name] = evaluate_run(run_dir, split=split, model=model)
+            recorded = (read_manifest(run_dir).metrics or {}).get("dense", {}).get(split)
+            for name, model in variants.items():
+                if name == "dense fp32" and recorded:  # what the run measured of the model it pruned
+                    metrics[name] = {**recorded, "recorded": True}
+                else:
+                    metrics[name] = evaluate_run(run_dir, split=split, model=model)
     return {"threads": threads, "latency": latency, "metrics": metrics, "split": split, "backends": made}
 
 

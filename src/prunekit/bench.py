@@ -264,10 +264,12 @@ def interleaved_latency(
     repeats: int = 7,
     threads: int | None = None,
     device: str | torch.device = "cpu",
+    settle: int = 0,
 ) -> dict[Any, float]:
     """Median forward latency (ms) of several models timed in turns, one forward each per round: a machine that
     slows down or speeds up mid-way shifts them all alike, so their differences (what a unit of structure costs)
-    stay meaningful where one model after the other would not."""
+    stay meaningful where one model after the other would not. `settle` untimed forwards precede each timed one:
+    runtimes whose idle threads spin (ONNX Runtime, OpenMP) slow whatever runs right after them."""
     if repeats < 1:
         raise UsageError(f"repeats must be at least 1, got {repeats}")
     inputs = random_inputs(batch, seq_len, vocab_size, device)
@@ -278,6 +280,8 @@ def interleaved_latency(
                 _forward_ms(m, inputs, device)
         for _ in range(repeats):
             for k, m in models.items():
+                for _ in range(settle):
+                    _forward_ms(m, inputs, device)
                 times[k].append(_forward_ms(m, inputs, device))
     return {k: statistics.median(v) for k, v in times.items()}
 
