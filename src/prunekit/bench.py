@@ -31,6 +31,7 @@ from transformers.utils import logging as hf_logging
 from prunekit.core.errors import UsageError
 from prunekit.kernels import BlockSparseLinear, block_density
 from prunekit.kernels.semi_structured import nm_speedup_note, semi_structured_available
+from prunekit.kernels.unstructured import SparseLinear
 from prunekit.runs.io import load, save
 from prunekit.runs.nm_storage import has_nm
 from prunekit.topology import (
@@ -132,7 +133,8 @@ def flops_per_token(model: nn.Module, seq_len: int, topo: Topology | None = None
     linears outside the blocks and embeddings, divided by seq_len where they run once per sequence.
     Norms, softmax, activations, biases and embedding lookups are left out (small, and not what pruning
     removes). N:M or unstructured zeros inside a weight do not reduce them, since a dense GEMM multiplies the
-    zeros too; a matrix packed into the block-sparse kernel (`BlockSparseLinear`) counts only its kept blocks.
+    zeros too; a matrix packed into the block-sparse kernel (`BlockSparseLinear`) counts only its kept blocks,
+    one in the unstructured sparse kernel (`SparseLinear`) only its non-zero weights.
     """
     if seq_len <= 0:
         raise UsageError(f"seq_len must be positive, got {seq_len}")
@@ -143,7 +145,11 @@ def flops_per_token(model: nn.Module, seq_len: int, topo: Topology | None = None
         for name in b.linears():
             module = get_module(model, name)
             out_f, in_f = linear_shape(module)
-            kept = block_density(module.weight, module.block) if isinstance(module, BlockSparseLinear) else 1.0
+            kept = 1.0
+            if isinstance(module, BlockSparseLinear):
+                kept = block_density(module.weight, module.block)
+            elif isinstance(module, SparseLinear):
+                kept = float(module.weight.detach().ne(0).float().mean())
             blocks += 2 * out_f * in_f * kept
         if b.attention is not None:
             scores += b.attention.num_heads * 2 * (2 * seq_len * b.attention.head_dim)
@@ -446,7 +452,7 @@ def bench(
         "flops_per_token": [],
         "latency": [],
         "memory": None,
-        "notes": _notes(patterns, device),
+        "notes": _notes(patterns, device, model),
     }
     for seq_len in sorted({s for _, s in grid}):
         dense, pruned = flops_per_token(reference, seq_len), flops_per_token(model, seq_len)
@@ -489,11 +495,16 @@ def bench(
     return result
 
 
-def _notes(patterns: dict[str, str] | None, device: str | torch.device) -> list[str]:
-    """What a reader of the numbers must know: N:M zeros are multiplied like any weight on most devices."""
-    if has_nm(patterns) and not semi_structured_available(device):
-        return [nm_speedup_note(device)]
-    return []
+def _notes(patterns: dict[str, str] | None, device: str | torch.device, model: nn.Module | None = None) -> list[str]:
+    """What a reader of the numbers must know: N:M zeros are multiplied like any weight on most devices; how many
+    unstructured matrices run in the sparse kernel."""
+    notes = [nm_speedup_note(device)] if has_nm(patterns) and not semi_structured_available(device) else []
+    unstructured = [n for n, t in (patterns or {}).items() if t == "unstructured"]
+    if model is not None and unstructured:
+        sparse = {n for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+        notes.append(f"unstructured sparse kernel: {len(sparse & set(unstructured))} of {len(unstructured)} "
+                     "matrices packed (the others timed no faster than dense here)")  # fmt: skip
+    return notes
 
 
 # ---------------------------------------------------------------- report

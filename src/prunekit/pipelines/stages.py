@@ -14,7 +14,9 @@ from prunekit.bench import bench
 from prunekit.catalog.datasets import DATASETS, _take, split_recipe
 from prunekit.core.errors import UsageError
 from prunekit.core.files import fingerprint
+from prunekit.kernels.unstructured import unpack_sparse
 from prunekit.recipe import DataSpec, Recipe
+from prunekit.runs.io import pack_unstructured
 from prunekit.runs.source import load_source
 from prunekit.tasks import load_data
 from prunekit.tasks.checks import check_max_length
@@ -164,14 +166,22 @@ def fmt_metrics(metrics: dict, key: str) -> str:
 def bench_against(
     model: nn.Module, reference: nn.Module, recipe: Recipe, patterns: dict[str, str] | None = None
 ) -> dict:
+    """The run's own measurement; unstructured matrices run in the sparse kernel where it is timed faster (as
+    `prunekit bench` loads them), and are plain linears again afterwards."""
     b = recipe.bench
-    return bench(
-        model,
-        reference,
-        grid=tuple((x, b.seq) for x in b.batch),
-        warmup=b.warmup,
-        repeats=b.repeats,
-        threads=b.threads,
-        memory=False,
-        patterns=patterns,
-    )
+    packed = pack_unstructured(model, patterns) if str(next(model.parameters()).device) == "cpu" else None
+    try:
+        result = bench(
+            model,
+            reference,
+            grid=tuple((x, b.seq) for x in b.batch),
+            warmup=b.warmup,
+            repeats=b.repeats,
+            threads=b.threads,
+            memory=False,
+            patterns=patterns,
+        )
+    finally:
+        if packed and packed["packed"]:
+            unpack_sparse(model)
+    return result

@@ -33,6 +33,7 @@ from prunekit.core.errors import DISK_FULL_FIX, PrunekitError, UsageError, is_di
 from prunekit.core.files import fault_point, load_state_strict, matches, sha256_file
 from prunekit.core.version import __version__
 from prunekit.kernels import pack_block_sparse
+from prunekit.kernels.unstructured import pack_sparse
 from prunekit.masks import sparsity_report
 from prunekit.patterns import parse_pattern
 from prunekit.runs.directory import MANIFEST, staged
@@ -220,7 +221,9 @@ BLOCK_SPARSE_MODES = ("auto", "always", "never")
 
 
 def repack_block_sparse(model: nn.Module, patterns: dict[str, str], *, always: bool = False) -> int:
-    """Pack the matrices whose pattern is a square block (`32x32`) where the kernel wins; returns how many."""
+    """Pack the matrices whose pattern is a square block (`32x32`) where the kernel wins, and the unstructured
+    ones into the sparse kernel where it wins (`always` applies to blocks only: an unstructured matrix is
+    packed only where timed faster); returns how many."""
     by_block: dict[int, list[str]] = {}
     for name, text in patterns.items():
         try:
@@ -229,7 +232,17 @@ def repack_block_sparse(model: nn.Module, patterns: dict[str, str], *, always: b
             continue
         if p.kind == "block" and p.block[0] == p.block[1]:
             by_block.setdefault(p.block[0], []).append(name)
-    return sum(pack_block_sparse(model, names=n, block=b, always=always)["packed"] for b, n in by_block.items())
+    packed = sum(pack_block_sparse(model, names=n, block=b, always=always)["packed"] for b, n in by_block.items())
+    return packed + pack_unstructured(model, patterns)["packed"]
+
+
+def pack_unstructured(model: nn.Module, patterns: dict[str, str] | None) -> dict:
+    """The matrices a manifest calls unstructured, into the sparse kernel where timed faster here (the report
+    of kernels.unstructured.pack_sparse; nothing timed when there are none)."""
+    names = [n for n, text in (patterns or {}).items() if text == "unstructured"]
+    if not names:
+        return {"packed": 0, "matrices": []}
+    return pack_sparse(model, names=names)
 
 
 def load(
