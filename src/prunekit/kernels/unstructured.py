@@ -70,9 +70,9 @@ def compiled() -> ctypes.CDLL | None:
     _errors.clear()
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     for tile in TILES:
-        f = getattr(lib, f"spmm_tiles{tile}")
-        f.argtypes = [p, i64, p, p, p, p, i64, p, i64, i64]
-        f.restype = None
+        f = getattr(lib, f"spmm{tile}")
+        f.argtypes = [p, i64, i64, p, p, p, p, i64, p, i64, i64]
+        f.restype = ctypes.c_int
     return lib
 
 
@@ -113,24 +113,23 @@ def spmm_linear(x: torch.Tensor, csr: Csr, tile: int = 32, threads: int | None =
         raise UsageError(f"the unstructured sparse kernel is not available here: {compile_error()}")
     if tile not in TILES:
         raise UsageError(f"tile {tile} is not one of {TILES}")
+    x = x.contiguous()
     n, d = x.shape
     tiles = -(-n // tile)
-    if n % tile:
-        x = F.pad(x, (0, 0, 0, tiles * tile - n))
-    xb = x.reshape(tiles, tile, d).transpose(1, 2).contiguous()  # (tiles, in, tile)
-    yb = torch.empty(tiles, csr.out_features, tile, dtype=torch.float32)
-    args = (xb.data_ptr(), d, csr.crow.data_ptr(), csr.col.data_ptr(), csr.val.data_ptr(),
-            None if csr.bias is None else csr.bias.data_ptr(), csr.out_features, yb.data_ptr())  # fmt: skip
+    y = torch.empty(n, csr.out_features, dtype=torch.float32)
+    args = (x.data_ptr(), n, d, csr.crow.data_ptr(), csr.col.data_ptr(), csr.val.data_ptr(),
+            None if csr.bias is None else csr.bias.data_ptr(), csr.out_features, y.data_ptr())  # fmt: skip
     threads = max(1, min(threads or torch.get_num_threads(), tiles))
-    kernel = getattr(lib, f"spmm_tiles{tile}")
+    kernel = getattr(lib, f"spmm{tile}")
     if threads == 1:
-        kernel(*args, 0, tiles)
+        failed = kernel(*args, 0, tiles)
     else:
         bounds = [tiles * k // threads for k in range(threads + 1)]
         jobs = [_pool(threads).submit(kernel, *args, a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
-        for job in jobs:
-            job.result()
-    return yb.transpose(1, 2).reshape(tiles * tile, csr.out_features)[:n]
+        failed = sum(job.result() for job in jobs)
+    if failed:
+        raise MemoryError(f"the sparse kernel could not allocate its {d} x {tile} tile buffer")
+    return y
 
 
 def torch_csr_linear(x: torch.Tensor, csr: Csr) -> torch.Tensor:
