@@ -117,3 +117,13 @@ def test_export_quantize_int8_writes_once(pruned_run):
     bad = _cli("export", str(pruned_run), "--quantize", "int4")
     assert bad.returncode == 2 and "--quantize 'int4'" in bad.stderr
     target.unlink()
+
+
+def test_bench_int8_of_a_run_without_a_task_times_but_does_not_score(tmp_path):
+    out = tmp_path / "plain"
+    proc = _cli("compact", str(tiny_bert_dir(tmp_path)), str(out), "-p", "heads=0.5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _cli("bench", str(out), "--int8", "--batch", "2", "--seq", "16", "--repeats", "1", "--warmup", "0",
+                "--no-memory")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pruned int8 (onnxruntime)" in proc.stdout and "not scored" in proc.stdout

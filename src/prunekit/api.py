@@ -267,14 +267,19 @@ def bench_int8(
             latency.append({"batch": batch, "seq_len": seq, "median_ms": ms,
                             "speedup": {k: dense / v for k, v in ms.items()}})  # fmt: skip
         metrics: dict[str, Any] = {}
-        if evaluate:
-            recorded = (read_manifest(run_dir).metrics or {}).get("dense", {}).get(split)
+        unscored = None
+        manifest = read_manifest(run_dir)
+        if evaluate and not (manifest.task or {}).get("kind"):
+            unscored = f"'{run_dir}' records no task and split to score on (a `compact` of a plain model)"
+        elif evaluate:
+            recorded = (manifest.metrics or {}).get("dense", {}).get(split)
             for name, model in variants.items():
                 if name == "dense fp32" and recorded:  # what the run measured of the model it pruned
                     metrics[name] = {**recorded, "recorded": True}
                 else:
                     metrics[name] = evaluate_run(run_dir, split=split, model=model)
-    return {"threads": threads, "latency": latency, "metrics": metrics, "split": split, "backends": made}
+    return {"threads": threads, "latency": latency, "metrics": metrics, "split": split, "backends": made,
+            "unscored": unscored}  # fmt: skip
 
 
 def evaluate_run(

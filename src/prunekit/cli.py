@@ -267,6 +267,8 @@ def _int8_table(result: dict, manifest) -> Table:
         value = (result["metrics"].get(name) or {}).get(key)
         cells = [f"{p['median_ms'][name]:.1f} ({p['speedup'][name]:.2f}x)" for p in result["latency"]]
         table.add_row(name, "-" if value is None else f"{value:.4f}", *cells)
+    if result.get("unscored"):
+        table.caption = f"not scored: {result['unscored']}"
     return table
 
 
