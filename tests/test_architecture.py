@@ -2,7 +2,7 @@
 that only know the ones below (ARCHITECTURE.md), and every module importable first, in any order.
 
 The lazy imports allowed: heavy optional libraries on a cold path (ONNX export, plots, the NAS search's optuna, ROUGE,
-Parquet files, torch's semi-structured kernels,
+Parquet files, torch's semi-structured kernels, int8 quantization (torch.ao),
 scikit-learn's splits and metrics), `prunekit.load` / `prunekit.save` (PEP 562, so `import prunekit`
 stays light) and the CLI's `_api()` (a command imports the library when it runs: `--help` and bad arguments answer
 without torch)."""
@@ -21,7 +21,8 @@ import prunekit
 
 PACKAGE = Path(prunekit.__file__).parent
 # heavy, on a cold path: ONNX export, plots, the NAS search, ROUGE, Parquet, GPU 2:4 kernels, data splits and metrics
-LAZY_LIBRARIES = ("onnx", "onnxruntime", "matplotlib", "optuna", "rouge_score", "pyarrow", "torch.sparse", "sklearn")
+LAZY_LIBRARIES = ("onnx", "onnxruntime", "matplotlib", "optuna", "rouge_score", "pyarrow", "torch.sparse", "sklearn",
+                  "torch.ao.quantization")  # fmt: skip
 LAZY_OWN = {"prunekit/__init__.py": {"prunekit.runs"}}  # module -> the prunekit modules it may import lazily
 # bottom to top; a module may import its own layer and the layers below it. `methods.base` (the protocol the trainer
 # drives) sits below `train`, the method folders above it.

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import PrunekitError, UsageError
-from prunekit.runs.export import SEGMENTS, export_onnx
+from prunekit.kernels import unpack_block_sparse
+from prunekit.kernels.unstructured import unpack_sparse
+from prunekit.runs.export import SEGMENTS, export_onnx, make_inputs
 
 Backend = Literal["torch", "onnxruntime"]
 BACKENDS: tuple[Backend, ...] = ("torch", "onnxruntime")
@@ -43,11 +45,10 @@ def cpu_has_vnni() -> bool:
 
 
 def _unpacked(model: nn.Module) -> nn.Module:
-    """A copy of the model with plain linears (the block-sparse kernel has no int8 form)."""
-    from prunekit.kernels import unpack_block_sparse
-
+    """A copy of the model with plain linears (the sparse kernels have no int8 form)."""
     model = copy.deepcopy(model).cpu().eval()
     unpack_block_sparse(model)
+    unpack_sparse(model)
     return model
 
 
@@ -122,8 +123,6 @@ def export_int8(model: nn.Module, path: str | os.PathLike, **export_kwargs) -> d
 
 
 def _int8_diff(session_model: OnnxModel, model: nn.Module) -> float:
-    from prunekit.runs.export import make_inputs
-
     inputs = make_inputs(model.config, 3, 11, seed=1, segments=SEGMENTS in session_model.inputs)
     with torch.no_grad():
         ref = model.eval()(**inputs)
