@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -298,6 +300,18 @@ class BlockSparseLinear(nn.Linear):
         return new
 
 
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's thread count set for a measurement (None: unchanged), restored after."""
+    old = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _time_pair(fa, fb, x: torch.Tensor, repeats: int, warmup: int) -> tuple[float, float]:
     """Median ms of two functions on x, interleaved (ABBA) so drift hits both alike."""
 
@@ -356,11 +370,8 @@ def pack_block_sparse(
     per matrix block, density, backend, dense_ms, sparse_ms, speedup, packed (or the reason it was skipped).
     """
     names = names if names is not None else describe(model).prunable_linears()
-    old_threads = torch.get_num_threads()
     report: list[dict[str, Any]] = []
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
+    with torch_threads(threads):
         for name in names:
             module = get_module(model, name)
             if isinstance(module, BlockSparseLinear):  # packed before: decide again
@@ -409,8 +420,6 @@ def pack_block_sparse(
                 set_module(model, name, candidate)
             else:
                 set_module(model, name, module)
-    finally:
-        torch.set_num_threads(old_threads)
     packed = sum(e["packed"] for e in report)
     return {"tokens": tokens, "min_speedup": min_speedup, "packed": packed, "matrices": report}
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.core.errors import UsageError
-from prunekit.kernels.block_sparse import _time_pair, _tracing
+from prunekit.kernels.block_sparse import _time_pair, _tracing, torch_threads
 from prunekit.topology import describe, get_module
 from prunekit.topology.base import set_module
 
@@ -208,11 +208,8 @@ def pack_sparse(
     rows (the model's typical batch x sequence). Returns per matrix: density, each backend's time, the chosen
     one, or why the matrix stayed dense."""
     names = names if names is not None else describe(model).prunable_linears()
-    old_threads = torch.get_num_threads()
     report: list[dict[str, Any]] = []
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
+    with torch_threads(threads):
         options = candidates()
         for name in names:
             module = get_module(model, name)
@@ -246,8 +243,6 @@ def pack_sparse(
                 set_module(model, name, best[1])
             else:
                 entry["skipped"] = "dense is as fast"
-    finally:
-        torch.set_num_threads(old_threads)
     return {"tokens": tokens, "min_speedup": min_speedup, "kernel": compile_error() or "compiled",
             "packed": sum(e["packed"] for e in report), "matrices": report}  # fmt: skip
 
