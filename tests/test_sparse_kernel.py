@@ -4,6 +4,9 @@ state dicts, and only installed where asked and measured; without a compiler it 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,9 +15,10 @@ from torch import nn
 
 from prunekit.bench import flops_per_token
 from prunekit.kernels import unstructured as us
-from prunekit.runs.io import pack_unstructured
+from prunekit.runs.io import load, pack_unstructured
 from prunekit.topology import describe, get_module
 from tiny import tiny_inputs, tiny_model
+from train_fixtures import sentiment_csv, tiny_bert_dir
 
 
 def _sparse_weight(out_f: int, in_f: int, sparsity: float, seed: int = 0) -> torch.Tensor:
@@ -123,3 +127,29 @@ def test_without_a_compiler_torch_csr_remains(monkeypatch, tmp_path):
         assert not [p for p in (tmp_path / "kernels").iterdir() if p.is_dir()]  # no build folder left
     finally:
         us.compiled.cache_clear()
+
+
+def test_an_unstructured_run_benches_and_loads_through_the_kernel(tmp_path):
+    """End to end: an L1 run's own bench times its matrices for the kernel and says so; loading it packs where
+    faster and computes what the plain load computes."""
+    recipe = tmp_path / "l1.yaml"
+    recipe.write_text(
+        f"model: {tiny_bert_dir(tmp_path)}\n"
+        f"data: {{dataset: {sentiment_csv(tmp_path)}, task: classification, "
+        "columns: {text: review, label: verdict}}\n"
+        "finetune: {epochs: 2, batch_size: 16, lr: 1.0e-2, max_length: 16}\n"
+        "train: {epochs: 1, batch_size: 16, lr: 3.0e-3, max_length: 16}\n"
+        "method: {name: l1, target_sparsity: 0.9}\n"
+        "bench: {batch: [2], seq: 16, repeats: 2, warmup: 1}\n"
+    )
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "prunekit.cli", "prune", str(recipe), "--out", str(out),
+                           "--no-progress", "--json"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert any(n.startswith("unstructured sparse kernel:") for n in summary["bench"]["notes"]), summary["bench"]
+    plain, packed = load(out, block_sparse="never"), load(out)
+    assert not any(isinstance(m, us.SparseLinear) for m in plain.modules())
+    inputs = tiny_inputs("bert")
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(**inputs).logits, plain(**inputs).logits, atol=1e-5, rtol=1e-5)
