@@ -1,0 +1,86 @@
+"""Wanda's weight importance (Sun et al., ICLR 2024): |W_ij| * ||X_j||, the weight's magnitude times the norm of the
+input feature it reads over calibration tokens.
+
+Why activations: a small weight on a feature that is always large moves the output more than a large weight on a
+feature that is always near zero; decoders such as SmolLM2 have a few input features hundreds of times larger
+than the rest (weight magnitude alone removes what they read). Scores are compared within each output row
+(unstructured: the row keeps its top fraction) or within every M consecutive inputs of a row (N:M), as the paper
+does; no weight update (SparseGPT's reconstruction is the next step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from prunekit.core.errors import UsageError
+from prunekit.patterns import nm_mask
+from prunekit.topology import get_module, weight_view
+
+
+@torch.no_grad()
+def input_norms(model: nn.Module, names: list[str], batches: Iterable[dict]) -> tuple[dict[str, torch.Tensor], int]:
+    """||X_j||_2 over the non-padding calibration tokens, per input feature j of each named linear (GPT-2's Conv1D
+    included), from one forward per batch; and the token count. Model in eval mode for the measurement."""
+    sums: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor | None] = {"mask": None}
+
+    def hook(name: str):
+        def record(module, args):
+            x = args[0].detach()
+            flat = x.reshape(-1, x.shape[-1]).double()
+            mask = state["mask"]
+            if mask is not None and mask.numel() == flat.shape[0]:
+                flat = flat * mask.reshape(-1, 1).to(flat)
+            sums[name] = sums.get(name, 0) + flat.pow(2).sum(0)
+
+        return record
+
+    handles = [get_module(model, n).register_forward_pre_hook(hook(n)) for n in names]
+    was_training, tokens = model.training, 0
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        for batch in batches:
+            inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+            state["mask"] = inputs.get("attention_mask")
+            tokens += int(state["mask"].sum()) if state["mask"] is not None else int(inputs["input_ids"].numel())
+            model(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if tokens == 0:
+        raise UsageError(
+            "wanda got no calibration tokens: give calibration_examples > 0 and a non-empty training split"
+        )
+    return {n: s.sqrt().float() for n, s in sums.items()}, tokens
+
+
+def wanda_scores(model: nn.Module, norms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """|W| * ||X_j|| per weight, (out, in) in every family's orientation (weight_view)."""
+    return {n: weight_view(get_module(model, n)).detach().abs().float() * norms[n].to(
+        get_module(model, n).weight.device)[None, :] for n in norms}  # fmt: skip
+
+
+def row_masks(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep the top (1 - sparsity) of every output row by score."""
+    out_f, in_f = scores.shape
+    drop = int(round(in_f * sparsity))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if drop:
+        lowest = scores.topk(drop, dim=1, largest=False).indices
+        keep.scatter_(1, lowest, False)
+    return keep
+
+
+def wanda_masks(scores: dict[str, torch.Tensor], sparsity: float | None, nm: tuple[int, int] | None,
+                pad_tail: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per matrix keep-masks: per-row top fraction (`sparsity`) or N:M by score (`nm`)."""
+    if nm is not None:
+        return {n: nm_mask(s, nm[0], nm[1], pad_tail) for n, s in scores.items()}
+    if sparsity is None:
+        raise UsageError("wanda needs a sparsity or an N:M pattern")
+    return {n: row_masks(s, sparsity) for n, s in scores.items()}
