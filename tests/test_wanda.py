@@ -74,6 +74,15 @@ def test_method_masks_every_block_linear_once():
         assert masks.weights[n].shape == w.shape and masks.weights[n].sum(1).eq(w.shape[1] // 2).all()
 
 
+def test_magnitude_score_reads_no_data_and_keeps_the_largest_weights():
+    model = tiny_model("bert").eval()
+    method = create_method("wanda", {"score": "magnitude", "sparsity": 0.5})
+    method.calibrate(model, iter(()))  # no batches needed
+    masks = method.prune_before_training()
+    for n, keep in masks.weights.items():
+        torch.testing.assert_close(keep, row_masks(weight_view(get_module(model, n)).abs(), 0.5))
+
+
 def test_refuses_structured_patterns():
     with pytest.raises(UsageError, match="unstructured or N:M"):
         create_method("wanda", {"pattern": "head"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from prunekit.methods.base import MethodConfig
@@ -17,6 +19,9 @@ class WandaConfig(MethodConfig):
     pattern: str = Field("unstructured", description="unstructured, or N:M (e.g. 2:4: N kept of every M inputs).")
     calibration_examples: int = Field(128, ge=1, description="Training examples whose activations are measured.")
     pad_tail: bool = Field(False, description="N:M only: keep a last partial group of inputs dense.")
+    score: Literal["wanda", "magnitude"] = Field(
+        "wanda", description="wanda: |W| * ||X||; magnitude: |W| alone, compared the same way (the reference: no data)."
+    )
 
     @field_validator("pattern")
     @classmethod

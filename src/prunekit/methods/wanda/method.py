@@ -38,7 +38,10 @@ class Wanda(Method):
     def calibrate(self, model: nn.Module, batches: Iterable[dict]) -> None:
         c = self.config
         names = describe(model).prunable_linears()
-        norms, self._tokens = input_norms(model, names, batches)
+        if c.score == "magnitude":  # the same comparison groups with every input feature's norm 1: no data read
+            norms = {n: torch.ones(weight_view(get_module(model, n)).shape[1]) for n in names}
+        else:
+            norms, self._tokens = input_norms(model, names, batches)
         p = parse_pattern(c.pattern)
         nm = (p.n, p.m) if p.kind == "nm" else None
         keep = wanda_masks(wanda_scores(model, norms), None if nm else c.sparsity, nm, c.pad_tail)
@@ -59,7 +62,7 @@ class Wanda(Method):
         return self._masks
 
     def report(self) -> dict[str, Any] | None:
-        return {"pattern": self.config.pattern, "calibration_tokens": self._tokens}
+        return {"score": self.config.score, "pattern": self.config.pattern, "calibration_tokens": self._tokens}
 
     def state_dict(self) -> dict[str, Any]:
         return {"tokens": self._tokens}
