@@ -1,5 +1,7 @@
-"""Wanda: the score is |W| times the input feature's norm over real tokens, each row (or N:M group) keeps its top
-share, a large input rescues small weights that magnitude would drop, and a one-shot run keeps the zeros."""
+"""One-shot weight pruning. Wanda: the score is |W| times the input feature's norm over real tokens, each row (or
+N:M group) keeps its top share, a large input rescues small weights that magnitude would drop. SparseGPT: one
+removed weight's update is the OBS closed form, and the updates reconstruct the layer better than the mask alone.
+A one-shot run keeps the zeros."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import UsageError
+from prunekit.importance.sparsegpt import _inverse_cholesky, input_hessians, sparsegpt_prune
 from prunekit.importance.wanda import input_norms, row_masks, wanda_masks, wanda_scores
 from prunekit.methods.base import create_method
 from prunekit.runs.io import load, read_manifest
@@ -64,7 +67,7 @@ def test_a_large_input_feature_keeps_its_small_weights():
 
 def test_method_masks_every_block_linear_once():
     model = tiny_model("llama").eval()
-    method = create_method("wanda", {"sparsity": 0.5, "calibration_examples": 4})
+    method = create_method("oneshot", {"sparsity": 0.5, "calibration_examples": 4})  # score wanda by default
     method.calibrate(model, [tiny_inputs("llama"), tiny_inputs("llama", seed=1)])
     masks = method.prune_before_training()
     names = describe(model).prunable_linears()
@@ -76,7 +79,7 @@ def test_method_masks_every_block_linear_once():
 
 def test_magnitude_score_reads_no_data_and_keeps_the_largest_weights():
     model = tiny_model("bert").eval()
-    method = create_method("wanda", {"score": "magnitude", "sparsity": 0.5})
+    method = create_method("oneshot", {"score": "magnitude", "sparsity": 0.5})
     method.calibrate(model, iter(()))  # no batches needed
     masks = method.prune_before_training()
     for n, keep in masks.weights.items():
@@ -85,11 +88,11 @@ def test_magnitude_score_reads_no_data_and_keeps_the_largest_weights():
 
 def test_refuses_structured_patterns():
     with pytest.raises(UsageError, match="unstructured or N:M"):
-        create_method("wanda", {"pattern": "head"})
+        create_method("oneshot", {"pattern": "head"})
 
 
-@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_one_shot_run_keeps_the_zeros(tmp_path, pattern):
+@pytest.mark.parametrize(("score", "pattern"), [("wanda", "unstructured"), ("wanda", "2:4"), ("sparsegpt", "2:4")])
+def test_one_shot_run_keeps_the_zeros(tmp_path, score, pattern):
     recipe = tmp_path / "w.yaml"
     recipe.write_text(
         f"model: {tiny_bert_dir(tmp_path)}\n"
@@ -97,7 +100,7 @@ def test_one_shot_run_keeps_the_zeros(tmp_path, pattern):
         "columns: {text: review, label: verdict}}\n"
         "finetune: {epochs: 2, batch_size: 16, lr: 1.0e-2, max_length: 16}\n"
         "train: {epochs: 1, batch_size: 16, lr: 3.0e-3, max_length: 16}\n"
-        f"method: {{name: wanda, sparsity: 0.5, pattern: '{pattern}', calibration_examples: 32}}\n"
+        f"method: {{name: oneshot, score: {score}, sparsity: 0.5, pattern: '{pattern}', calibration_examples: 32}}\n"
         "bench: {enabled: false}\n"
     )
     out = tmp_path / "run"
@@ -115,3 +118,65 @@ def test_one_shot_run_keeps_the_zeros(tmp_path, pattern):
     manifest = read_manifest(out)
     assert manifest.method_report["calibration_tokens"] > 0 and set(manifest.patterns.values()) == {pattern}
     assert 0.45 < summary["sparsity"]["saved"]["sparsity"] <= 0.5
+
+
+def _correlated_inputs(n: int = 400, d: int = 24, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
+
+
+def test_one_removed_weight_gets_the_obs_update():
+    x = _correlated_inputs()
+    h = x.T @ x
+    w = torch.randn(5, 24, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    w[2, 0] = 1e-4  # the least salient weight by far
+    pruned, keep = sparsegpt_prune(w, h, sparsity=1.5 / w.numel(), block=32, damp=0.01)  # one block, one weight
+    assert (~keep).sum() == 1 and not keep[2, 0]
+    u = _inverse_cholesky(h, 0.01)
+    hinv = u.T @ u  # the dampened inverse
+    expected = w[2] - (w[2, 0] / hinv[0, 0]) * hinv[0]
+    torch.testing.assert_close(pruned[2], expected, rtol=1e-8, atol=1e-10)
+    assert pruned[2, 0] == 0
+    torch.testing.assert_close(pruned[[0, 1, 3, 4]], w[[0, 1, 3, 4]])  # rows are independent
+
+
+@pytest.mark.parametrize(("sparsity", "nm"), [(0.5, None), (None, (2, 4))])
+def test_updates_reconstruct_the_layer_better_than_the_mask_alone(sparsity, nm):
+    x = _correlated_inputs()
+    h = x.T @ x
+    w = torch.randn(16, 24, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    pruned, keep = sparsegpt_prune(w, h, sparsity=sparsity, nm=nm, block=8)
+    assert torch.equal(pruned != 0, keep)
+    if nm:
+        assert keep.reshape(16, 6, 4).sum(-1).eq(2).all()
+    else:
+        assert keep.sum() == w.numel() // 2
+
+    def error(v: torch.Tensor) -> float:
+        return float(((w - v) @ x.T).pow(2).sum())
+
+    wanda_keep = wanda_masks({"w": w.abs() * x.norm(dim=0)[None, :]}, sparsity, nm)["w"]
+    assert error(pruned) < error(w * keep) and error(pruned) < error(w * wanda_keep)
+
+
+def test_lazy_block_updates_equal_the_column_by_column_algorithm():
+    """Blocks only defer the updates of later columns: with N:M (chosen group by group either way) any block size
+    gives the same weights as one block."""
+    x = _correlated_inputs()
+    w = torch.randn(16, 24, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    whole, keep = sparsegpt_prune(w, x.T @ x, nm=(2, 4), block=24)
+    for block in (4, 8, 12):
+        blocked, keep_b = sparsegpt_prune(w, x.T @ x, nm=(2, 4), block=block)
+        assert torch.equal(keep_b, keep)
+        torch.testing.assert_close(blocked, whole, rtol=1e-9, atol=1e-10)
+
+
+def test_hessians_are_the_real_tokens_gram_matrices():
+    model = tiny_model("llama").eval()
+    names = describe(model).prunable_linears()[:2]
+    batch = tiny_inputs("llama")
+    norms, _ = input_norms(model, names, [batch])
+    hessians, tokens = input_hessians(model, names, [batch])
+    assert tokens == int(batch["attention_mask"].sum())
+    for n in names:  # the diagonal of X^T X is the squared feature norm
+        torch.testing.assert_close(torch.diagonal(hessians[n]).float(), norms[n].pow(2), rtol=1e-4, atol=1e-6)

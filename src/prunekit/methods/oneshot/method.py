@@ -1,5 +1,5 @@
-"""The `wanda` method: one-shot |W| * ||X|| pruning measured on calibration batches (the package docstring says
-why), the zeros kept through any training that follows."""
+"""The `oneshot` method: weights pruned once from calibration batches (Wanda, SparseGPT or magnitude; the package
+docstring says why), the zeros kept through any training that follows."""
 
 from __future__ import annotations
 
@@ -9,25 +9,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.importance.sparsegpt import input_hessians, sparsegpt_prune
 from prunekit.importance.wanda import input_norms, wanda_masks, wanda_scores
 from prunekit.masks import MaskSet
 from prunekit.methods.base import Method, register
-from prunekit.methods.wanda.config import WandaConfig
+from prunekit.methods.oneshot.config import OneShotConfig
 from prunekit.patterns import parse_pattern
 from prunekit.topology import Topology, describe, get_module, weight_view
 
 
 @register
-class Wanda(Method):
-    """Wanda (Sun et al., ICLR 2024): weights scored by magnitude times their input feature's norm on calibration
-    data, the lowest of each output row (or N:M group) zeroed once, before training; training, when the recipe
-    has any, keeps them zero."""
+class OneShot(Method):
+    """Weights pruned once on calibration data, before training: Wanda (Sun et al., ICLR 2024; |W| * ||X|| per
+    output row or N:M group), SparseGPT (Frantar & Alistarh, ICML 2023; OBS saliency with the kept weights
+    updated) or magnitude; training, when the recipe has any, keeps the zeros."""
 
-    name = "wanda"
-    config_class = WandaConfig
-    config: WandaConfig
+    name = "oneshot"
+    config_class = OneShotConfig
+    config: OneShotConfig
 
-    def __init__(self, config: WandaConfig | dict | None = None) -> None:
+    def __init__(self, config: OneShotConfig | dict | None = None) -> None:
         super().__init__(config)
         self._masks: MaskSet | None = None
         self._tokens = 0
@@ -38,13 +39,23 @@ class Wanda(Method):
     def calibrate(self, model: nn.Module, batches: Iterable[dict]) -> None:
         c = self.config
         names = describe(model).prunable_linears()
-        if c.score == "magnitude":  # the same comparison groups with every input feature's norm 1: no data read
-            norms = {n: torch.ones(weight_view(get_module(model, n)).shape[1]) for n in names}
-        else:
-            norms, self._tokens = input_norms(model, names, batches)
         p = parse_pattern(c.pattern)
         nm = (p.n, p.m) if p.kind == "nm" else None
-        keep = wanda_masks(wanda_scores(model, norms), None if nm else c.sparsity, nm, c.pad_tail)
+        if c.score == "sparsegpt":
+            hessians, self._tokens = input_hessians(model, names, batches)
+            keep = {}
+            for name in names:
+                view = weight_view(get_module(model, name))  # (out, in) view of the stored weight
+                pruned, keep[name] = sparsegpt_prune(view, hessians.pop(name), sparsity=None if nm else c.sparsity,
+                                                     nm=nm, block=c.block, damp=c.damp)  # fmt: skip
+                with torch.no_grad():
+                    view.copy_(pruned)
+        else:
+            if c.score == "magnitude":  # the same comparison groups with every input feature's norm 1: no data read
+                norms = {n: torch.ones(weight_view(get_module(model, n)).shape[1]) for n in names}
+            else:
+                norms, self._tokens = input_norms(model, names, batches)
+            keep = wanda_masks(wanda_scores(model, norms), None if nm else c.sparsity, nm, c.pad_tail)
         self._masks = MaskSet(weights=keep, patterns={n: c.pattern for n in keep})
 
     def prune_before_training(self) -> MaskSet | None:

@@ -1,0 +1,123 @@
+"""SparseGPT (Frantar & Alistarh, ICML 2023): prune a linear's weights and update the ones that stay so the layer's
+output on calibration inputs changes as little as possible.
+
+With H = X^T X over the calibration tokens (dampened by `damp` x its mean diagonal, so it is invertible), the
+columns of W are visited left to right in blocks: within a block, the weights to remove are those with the least
+w^2 / [H^-1]_jj^2 (the OBS saliency: the loss increase of removing w alone), per tile of the block (unstructured,
+`sparsity` of it) or per row and group of M columns (N:M); each removed weight's error is spread over the row's
+columns not yet visited through the upper Cholesky factor of H^-1 (the OBS update), and the block's accumulated
+error onto every later block at once. Rows are independent, so all rows of W go together. No gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from prunekit.core.errors import UsageError
+from prunekit.topology import get_module
+
+
+@torch.no_grad()
+def input_hessians(model: nn.Module, names: list[str], batches: Iterable[dict]) -> tuple[dict[str, torch.Tensor], int]:
+    """X^T X (in x in, fp64) over the non-padding calibration tokens of every named linear, one forward per batch
+    on the model as it is (not layer by layer: every linear sees the dense model's inputs); and the token count."""
+    sums: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor | None] = {"mask": None}
+
+    def hook(name: str):
+        def record(module, args):
+            x = args[0].detach()
+            flat = x.reshape(-1, x.shape[-1]).double()
+            mask = state["mask"]
+            if mask is not None and mask.numel() == flat.shape[0]:
+                flat = flat[mask.reshape(-1).bool()]
+            sums[name] = sums.get(name, 0) + flat.t() @ flat
+
+        return record
+
+    handles = [get_module(model, n).register_forward_pre_hook(hook(n)) for n in names]
+    was_training, tokens = model.training, 0
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        for batch in batches:
+            inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+            state["mask"] = inputs.get("attention_mask")
+            tokens += int(state["mask"].sum()) if state["mask"] is not None else int(inputs["input_ids"].numel())
+            model(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if tokens == 0:
+        raise UsageError("sparsegpt got no calibration tokens: give calibration_examples > 0 and a training split")
+    return sums, tokens
+
+
+def _inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; dead inputs (zero diagonal) get a unit
+    diagonal, so their weights are free to go."""
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    h.diagonal().add_(damp * float(torch.diag(h).mean()))
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    return torch.linalg.cholesky(inverse, upper=True)
+
+
+@torch.no_grad()
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    *,
+    sparsity: float | None = None,
+    nm: tuple[int, int] | None = None,
+    block: int = 128,
+    damp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pruned and updated weight (out, in) and its keep-mask, for `sparsity` (unstructured, chosen per block
+    of `block` columns) or `nm` (N kept of every M consecutive inputs of a row)."""
+    if (sparsity is None) == (nm is None):
+        raise UsageError("sparsegpt needs a sparsity or an N:M pattern, not both")
+    if nm is not None and block % nm[1]:
+        raise UsageError(f"block {block} must be a multiple of M = {nm[1]}")
+    w = weight.detach().double().clone()
+    out_f, in_f = w.shape
+    if nm is not None and in_f % nm[1]:
+        raise UsageError(f"{nm[0]}:{nm[1]} needs in_features divisible by {nm[1]}, this matrix has {in_f}")
+    u = _inverse_cholesky(hessian.to(w.device), damp)
+    keep = torch.ones_like(w, dtype=torch.bool)
+    for b0 in range(0, in_f, block):
+        b1 = min(b0 + block, in_f)
+        wb, ub = w[:, b0:b1].clone(), u[b0:b1, b0:b1]
+        errors = torch.zeros_like(wb)
+        drop = torch.zeros_like(wb, dtype=torch.bool)
+        if sparsity is not None:
+            saliency = wb.pow(2) / torch.diag(ub).pow(2)[None, :]
+            k = int(saliency.numel() * sparsity)
+            if k:
+                threshold = saliency.flatten().kthvalue(k).values
+                drop = saliency <= threshold
+                if int(drop.sum()) > k:  # ties at the threshold: drop exactly k
+                    order = saliency.flatten().argsort()[:k]
+                    drop = torch.zeros(saliency.numel(), dtype=torch.bool, device=w.device)
+                    drop[order] = True
+                    drop = drop.view_as(wb)
+        for j in range(b1 - b0):
+            if nm is not None and j % nm[1] == 0:  # this group's N:M choice, on the weights as updated so far
+                group = wb[:, j : j + nm[1]].pow(2) / torch.diag(ub)[j : j + nm[1]].pow(2)[None, :]
+                lowest = group.topk(nm[1] - nm[0], dim=1, largest=False).indices
+                drop[:, j : j + nm[1]].scatter_(1, lowest, True)
+            col, d = wb[:, j], ub[j, j]
+            q = torch.where(drop[:, j], torch.zeros_like(col), col)
+            err = (col - q) / d
+            wb[:, j:] -= err[:, None] * ub[j, j:][None, :]
+            wb[:, j] = q
+            errors[:, j] = err
+        w[:, b0:b1] = wb
+        keep[:, b0:b1] = ~drop
+        w[:, b1:] -= errors @ u[b0:b1, b1:]
+    return w.to(weight.dtype), keep
