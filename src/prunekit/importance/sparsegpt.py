@@ -17,44 +17,13 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import UsageError
-from prunekit.topology import get_module
+from prunekit.importance.wanda import input_statistics
 
 
-@torch.no_grad()
 def input_hessians(model: nn.Module, names: list[str], batches: Iterable[dict]) -> tuple[dict[str, torch.Tensor], int]:
     """X^T X (in x in, fp64) over the non-padding calibration tokens of every named linear, one forward per batch
     on the model as it is (not layer by layer: every linear sees the dense model's inputs); and the token count."""
-    sums: dict[str, torch.Tensor] = {}
-    state: dict[str, torch.Tensor | None] = {"mask": None}
-
-    def hook(name: str):
-        def record(module, args):
-            x = args[0].detach()
-            flat = x.reshape(-1, x.shape[-1]).double()
-            mask = state["mask"]
-            if mask is not None and mask.numel() == flat.shape[0]:
-                flat = flat[mask.reshape(-1).bool()]
-            sums[name] = sums.get(name, 0) + flat.t() @ flat
-
-        return record
-
-    handles = [get_module(model, n).register_forward_pre_hook(hook(n)) for n in names]
-    was_training, tokens = model.training, 0
-    device = next(model.parameters()).device
-    model.eval()
-    try:
-        for batch in batches:
-            inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
-            state["mask"] = inputs.get("attention_mask")
-            tokens += int(state["mask"].sum()) if state["mask"] is not None else int(inputs["input_ids"].numel())
-            model(**inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if tokens == 0:
-        raise UsageError("sparsegpt got no calibration tokens: give calibration_examples > 0 and a training split")
-    return sums, tokens
+    return input_statistics(model, names, batches, lambda x: x.t() @ x, "sparsegpt")
 
 
 def _inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ does; no weight update (SparseGPT's reconstruction is the next step).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -21,9 +21,16 @@ from prunekit.topology import get_module, weight_view
 
 
 @torch.no_grad()
-def input_norms(model: nn.Module, names: list[str], batches: Iterable[dict]) -> tuple[dict[str, torch.Tensor], int]:
-    """||X_j||_2 over the non-padding calibration tokens, per input feature j of each named linear (GPT-2's Conv1D
-    included), from one forward per batch; and the token count. Model in eval mode for the measurement."""
+def input_statistics(
+    model: nn.Module,
+    names: list[str],
+    batches: Iterable[dict],
+    statistic: Callable[[torch.Tensor], torch.Tensor],
+    what: str,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The sum over calibration batches of `statistic(X)` for every named linear (GPT-2's Conv1D included), X its
+    input on the non-padding tokens as (tokens, in) fp64, from one forward per batch of the model as it is (eval
+    mode for the measurement); and the token count. `what` names the caller in the error for no tokens."""
     sums: dict[str, torch.Tensor] = {}
     state: dict[str, torch.Tensor | None] = {"mask": None}
 
@@ -33,8 +40,8 @@ def input_norms(model: nn.Module, names: list[str], batches: Iterable[dict]) -> 
             flat = x.reshape(-1, x.shape[-1]).double()
             mask = state["mask"]
             if mask is not None and mask.numel() == flat.shape[0]:
-                flat = flat * mask.reshape(-1, 1).to(flat)
-            sums[name] = sums.get(name, 0) + flat.pow(2).sum(0)
+                flat = flat[mask.reshape(-1).bool()]
+            sums[name] = sums.get(name, 0) + statistic(flat)
 
         return record
 
@@ -53,9 +60,14 @@ def input_norms(model: nn.Module, names: list[str], batches: Iterable[dict]) -> 
             h.remove()
         model.train(was_training)
     if tokens == 0:
-        raise UsageError(
-            "wanda got no calibration tokens: give calibration_examples > 0 and a non-empty training split"
-        )
+        raise UsageError(f"{what} got no calibration tokens: give calibration_examples > 0 and a training split")
+    return sums, tokens
+
+
+def input_norms(model: nn.Module, names: list[str], batches: Iterable[dict]) -> tuple[dict[str, torch.Tensor], int]:
+    """||X_j||_2 over the non-padding calibration tokens, per input feature j of each named linear; and the
+    token count."""
+    sums, tokens = input_statistics(model, names, batches, lambda x: x.pow(2).sum(0), "wanda")
     return {n: s.sqrt().float() for n, s in sums.items()}, tokens
 
 
