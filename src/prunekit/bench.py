@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import gc
 import math
-import resource
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +27,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as hf_logging
 
 from prunekit.core.errors import UsageError
+from prunekit.core.memory import maxrss_kb, reset_peak_rss, status_kb
 from prunekit.kernels import BlockSparseLinear, block_density
 from prunekit.kernels.semi_structured import nm_speedup_note, semi_structured_available
 from prunekit.kernels.unstructured import SparseLinear
@@ -295,30 +294,6 @@ def interleaved_latency(
 # ---------------------------------------------------------------- peak memory
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Linux resets VmHWM to the current RSS on '5' written to clear_refs, so loading does not count."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _maxrss_kb() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
-
-
 def _load_source(source: str | Path | Callable[[], nn.Module], device: str | torch.device = "cpu") -> nn.Module:
     if isinstance(source, str | Path):
         return load(source, device=device)
@@ -332,11 +307,11 @@ def _cpu_peak_child(source, batch: int, seq_len: int, vocab_size: int, threads: 
     model = _load_source(source).eval()
     inputs = random_inputs(batch, seq_len, vocab_size, "cpu", seed)
     gc.collect()
-    exact = _reset_peak_rss()
-    before = _status_kb("VmRSS") if exact else _maxrss_kb()
+    exact = reset_peak_rss()
+    before = status_kb("VmRSS") if exact else maxrss_kb()
     with torch.inference_mode():
         model(**inputs)
-    peak = _status_kb("VmHWM") if exact else _maxrss_kb()
+    peak = status_kb("VmHWM") if exact else maxrss_kb()
     return {
         "peak_mb": peak / 1024,
         "forward_mb": max(0, peak - before) / 1024,

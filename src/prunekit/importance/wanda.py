@@ -64,10 +64,16 @@ def input_statistics(
     return sums, tokens
 
 
+def input_squares(model: nn.Module, names: list[str], batches: Iterable[dict]) -> tuple[dict[str, torch.Tensor], int]:
+    """sum of x_j^2 over the non-padding calibration tokens, per input feature j of each named linear (fp64);
+    and the token count."""
+    return input_statistics(model, names, batches, lambda x: x.pow(2).sum(0), "wanda")
+
+
 def input_norms(model: nn.Module, names: list[str], batches: Iterable[dict]) -> tuple[dict[str, torch.Tensor], int]:
     """||X_j||_2 over the non-padding calibration tokens, per input feature j of each named linear; and the
     token count."""
-    sums, tokens = input_statistics(model, names, batches, lambda x: x.pow(2).sum(0), "wanda")
+    sums, tokens = input_squares(model, names, batches)
     return {n: s.sqrt().float() for n, s in sums.items()}, tokens
 
 

@@ -49,7 +49,8 @@ class WarmStartConfig(MethodConfig):
     score_from_scale: float = Field(
         1.0, gt=0, description="Spread of the starting scores: about the score steps needed to overturn their order."
     )
-    calibration_examples: int = Field(512, ge=1, description="Training examples `score_from` is measured on.")
+    calibration_examples: int = Field(512, ge=1, description="Training sequences `score_from` is measured on (a "
+                                      "language-model split gives blocks of max_length tokens).")  # fmt: skip
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Method:
 
     check_model(model)             refuse a model the method cannot prune, before any training
     calibration_examples()         training examples `calibrate` wants (0: it is not called)
+    calibration_length()           tokens per calibration sequence (None: the recipe's train.max_length)
     calibrate(model, batches)      one-shot methods: measure what they need on calibration batches (dense model)
     prune_before_training()        masks compacted before the training stage, so recovery trains the small model
     after_compact(model, batches)  one-shot methods: adjust the compacted model on calibration batches (a repair)
@@ -103,6 +105,7 @@ class Method:
         self.model: nn.Module | None = None
         self.topo: Topology | None = None
         self.planned_steps: int | None = None  # a learning rate that must cover a distance in the stage needs it
+        self.progress = False  # the pipeline's --progress: whether a long calibration shows its own bar
 
     def attach(self, model: nn.Module, topo: Topology) -> None:
         self.model, self.topo = model, topo
@@ -145,6 +148,9 @@ class Method:
 
     def calibration_examples(self) -> int:
         return 0
+
+    def calibration_length(self) -> int | None:
+        return None
 
     def calibrate(self, model: nn.Module, batches: Iterable[dict]) -> None:
         pass

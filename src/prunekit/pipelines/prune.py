@@ -67,7 +67,8 @@ def _prune_before_training(run: Run, model: nn.Module, task, data, tok):
         return None
     t0 = time.perf_counter()
     saved = run.work / ONE_SHOT_MASKS
-    batches = calibration_batches(task, data["train"], tok, cfg.max_length, cfg.batch_size, n)
+    length = method.calibration_length() or cfg.max_length
+    batches = calibration_batches(task, data["train"], tok, length, cfg.batch_size, n)
     if run.resume and saved.exists() and has_checkpoint(run.work):  # the checkpoint holds the weights after it
         masks = maskset_from_state(torch.load(saved, weights_only=True))
         run.log(f"{method.name}: compacting the units chosen before the interruption ({saved.name})")
@@ -75,6 +76,7 @@ def _prune_before_training(run: Run, model: nn.Module, task, data, tok):
         with torch.no_grad():
             compact(model, masks)
         return masks, report
+    method.progress = run.progress
     method.calibrate(model, batches())
     masks = _same_on_every_process(method.prune_before_training())
     if masks is None:  # calibrated only (e.g. learned scores started from data importance)
@@ -90,7 +92,10 @@ def _prune_before_training(run: Run, model: nn.Module, task, data, tok):
         torch.save(maskset_state(masks), tmp)
         tmp.replace(saved)
     run.timings["calibrate_s"] = round(time.perf_counter() - t0, 2)
-    run.log(f"{method.name}: pruned {report['sparsity']:.1%} of the block weights before training (calibrated on {n})")
+    run.log(
+        f"{method.name}: pruned {report['sparsity']:.1%} of the block weights before training (calibrated on {n} "
+        f"sequences of up to {length} tokens)"
+    )
     return masks, report
 
 

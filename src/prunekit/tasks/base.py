@@ -178,9 +178,17 @@ def first_rows(split: datasets.Dataset, max_examples: int | None) -> datasets.Da
 
 
 def calibration_batches(task, split: datasets.Dataset, tokenizer, max_length: int, batch_size: int, n: int):
-    """A function giving the first `n` examples of `split` (a seeded sample: splits are shuffled) as collated batches
-    with labels, for importance scores and calibration; each call starts over."""
-    feats = task.features(first_rows(split, n), tokenizer, max_length)
+    """A function giving the first `n` sequences of `split` (a seeded sample: splits are shuffled) as collated
+    batches with labels, for importance scores and calibration; each call starts over. A sequence is a feature: a
+    language-model split is read until it fills `n` blocks of `max_length` tokens (an article gives many, a line of
+    verse a fraction of one), a QA context may give several windows."""
+    rows = n
+    while True:
+        feats = task.features(first_rows(split, rows), tokenizer, max_length)
+        if len(feats) >= n or rows >= len(split):
+            break
+        rows = min(len(split), max(rows * 2, rows * n // max(1, len(feats)) + 1))
+    feats = first_rows(feats, n)
     collate = task.collator(tokenizer)
     return lambda: (
         collate([feats[j] for j in range(i, min(i + batch_size, len(feats)))]) for i in range(0, len(feats), batch_size)

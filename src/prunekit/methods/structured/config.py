@@ -65,7 +65,8 @@ class StructuredConfig(MethodConfig):
         description="scope latency: a JSON file of unit costs measured on the device the model will run on "
         "(`prunekit costs MODEL --out FILE` there), instead of measuring on the machine that prunes.",
     )
-    calibration_examples: int = Field(512, ge=1, description="Training examples the scores are measured on.")
+    calibration_examples: int = Field(512, ge=1, description="Training sequences the scores are measured on (a "
+                                      "language-model split gives blocks of max_length tokens).")  # fmt: skip
     min_heads: int = Field(1, ge=0, description="Attention heads every layer keeps at least.")
     min_neurons: int = Field(1, ge=0, description="FFN neurons every layer keeps at least.")
     repair: bool = Field(

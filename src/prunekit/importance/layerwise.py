@@ -1,0 +1,160 @@
+"""Layer-by-layer calibration, as the SparseGPT and Wanda references do it: the inputs of the first block are
+captured once for every calibration batch, then each block in turn is run on them with hooks on its linears (the
+statistics a pruner needs), pruned, and run again so its pruned outputs become the next block's inputs.
+
+Why not one forward of the whole model: every block is then measured on the inputs it will really see (the blocks
+before it already pruned, so it compensates their error), and memory holds one block's activations for the
+calibration set instead of every linear's at once. The model's own forward is used up to the first block (its
+masks, position embeddings, relative-position bias are captured as it passes them), so every family works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from prunekit.core.errors import UsageError
+from prunekit.core.memory import peak_mb, start_peak
+from prunekit.topology import BlockSpec, describe, get_module
+
+
+class _Captured(Exception):
+    """Raised by the hook on the first block: the rest of the model is not run while capturing."""
+
+
+@dataclass
+class _BlockInput:
+    args: tuple
+    kwargs: dict[str, Any]
+    tokens: torch.Tensor | None  # (batch * seq,) bool: the non-padding tokens the statistics count
+
+
+def _no_cache(value: Any) -> Any:
+    """A key/value cache in a block's arguments would grow with every re-run of the block: calibration runs none."""
+    return None if type(value).__name__.endswith("Cache") else value
+
+
+@torch.no_grad()
+def _first_block_inputs(model: nn.Module, first: nn.Module, batches: Iterable[dict]) -> tuple[list[_BlockInput], int]:
+    captured: list[_BlockInput] = []
+    state: dict[str, torch.Tensor | None] = {"mask": None}
+
+    def capture(module, args, kwargs):
+        mask = state["mask"]
+        tokens = mask.reshape(-1).bool() if mask is not None else None
+        captured.append(_BlockInput(tuple(_no_cache(a) for a in args),
+                                    {k: _no_cache(v) for k, v in kwargs.items()}, tokens))  # fmt: skip
+        raise _Captured
+
+    handle = first.register_forward_pre_hook(capture, with_kwargs=True)
+    device = next(model.parameters()).device
+    extra = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
+    count = 0
+    try:
+        for batch in batches:
+            inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+            state["mask"] = inputs.get("attention_mask")
+            count += int(state["mask"].sum()) if state["mask"] is not None else int(inputs["input_ids"].numel())
+            with contextlib.suppress(_Captured):
+                model(**inputs, **extra)
+    finally:
+        handle.remove()
+    return captured, count
+
+
+def _hidden(item: _BlockInput) -> torch.Tensor:
+    return item.args[0] if item.args else item.kwargs["hidden_states"]
+
+
+def _with_hidden(item: _BlockInput, hidden: torch.Tensor) -> _BlockInput:
+    if item.args:
+        return _BlockInput((hidden, *item.args[1:]), item.kwargs, item.tokens)
+    return _BlockInput(item.args, {**item.kwargs, "hidden_states": hidden}, item.tokens)
+
+
+def _run_block(block: nn.Module, item: _BlockInput) -> torch.Tensor:
+    out = block(*item.args, **item.kwargs)
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+@torch.no_grad()
+def calibrate_layer_by_layer(
+    model: nn.Module,
+    batches: Iterable[dict],
+    statistic: Callable[[torch.Tensor], torch.Tensor],
+    prune_block: Callable[[BlockSpec, dict[str, torch.Tensor]], None],
+    *,
+    what: str,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """For every block in order: the sum over the calibration tokens (padding excluded) of `statistic(X)` for each
+    of its linears, X the linear's input as (tokens, in) fp64 with the blocks before already pruned; then
+    `prune_block(block, sums)`, which changes the block's weights in place. Returns the token count, the seconds
+    and the peak memory (MB) of the whole calibration. `what` names the caller in errors."""
+    topo = describe(model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    exact = start_peak(device)
+    start = time.perf_counter()
+    try:
+        items, tokens = _first_block_inputs(model, get_module(model, topo.blocks[0].name), batches)
+        if tokens == 0 or not items:
+            raise UsageError(f"{what} got no calibration tokens: give calibration_examples > 0 and a training split")
+        columns = (TextColumn(f"[bold]{what}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        bar = Progress(*columns, TextColumn("{task.description}"), disable=not progress, console=Console(stderr=True))
+        with bar:
+            task = bar.add_task("", total=topo.num_layers)
+            for spec in topo.blocks:
+                bar.update(task, description=f"block {spec.index}: measuring")
+                block = get_module(model, spec.name)
+                sums = _block_statistics(model, block, spec, items, statistic)
+                bar.update(task, description=f"block {spec.index}: pruning")
+                prune_block(spec, sums)
+                del sums
+                items = [_with_hidden(item, _run_block(block, item)) for item in items]
+                bar.advance(task)
+    finally:
+        model.train(was_training)
+    return {"tokens": tokens, "seconds": round(time.perf_counter() - start, 2),
+            "peak_memory_mb": peak_mb(device, exact)}  # fmt: skip
+
+
+def _block_statistics(
+    model: nn.Module,
+    block: nn.Module,
+    spec: BlockSpec,
+    items: list[_BlockInput],
+    statistic: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    sums: dict[str, torch.Tensor] = {}
+    current: dict[str, torch.Tensor | None] = {"tokens": None}
+
+    def hook(name: str):
+        def record(module, args):
+            x = args[0].detach()
+            flat = x.reshape(-1, x.shape[-1]).double()
+            tokens = current["tokens"]
+            if tokens is not None and tokens.numel() == flat.shape[0]:
+                flat = flat[tokens]
+            sums[name] = sums.get(name, 0) + statistic(flat)
+
+        return record
+
+    handles = [get_module(model, n).register_forward_pre_hook(hook(n)) for n in spec.linears()]
+    try:
+        for item in items:
+            current["tokens"] = item.tokens
+            _run_block(block, item)
+    finally:
+        for h in handles:
+            h.remove()
+    return sums
