@@ -10,8 +10,8 @@ import pytest
 import torch
 from datasets import Dataset
 
+from prunekit.importance.calibration import input_statistics
 from prunekit.importance.layerwise import calibrate_layer_by_layer
-from prunekit.importance.wanda import input_statistics
 from prunekit.methods.base import create_method
 from prunekit.tasks import get_task
 from prunekit.tasks.base import calibration_batches

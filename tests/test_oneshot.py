@@ -20,7 +20,7 @@ from prunekit.methods.base import create_method
 from prunekit.runs.io import load, read_manifest
 from prunekit.topology import describe, get_module, weight_view
 from tiny import tiny_inputs, tiny_model
-from train_fixtures import sentiment_csv, tiny_bert_dir
+from train_fixtures import lm_jsonl, sentiment_csv, tiny_bert_dir, tiny_llama_dir
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
@@ -180,3 +180,36 @@ def test_hessians_are_the_real_tokens_gram_matrices():
     assert tokens == int(batch["attention_mask"].sum())
     for n in names:  # the diagonal of X^T X is the squared feature norm
         torch.testing.assert_close(torch.diagonal(hessians[n]).float(), norms[n].pow(2), rtol=1e-4, atol=1e-6)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prunekit.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_oneshot_command_writes_a_run_the_other_commands_read(tmp_path):
+    """`prunekit oneshot` on a decoder: 2:4 by SparseGPT, no training, an ordinary run directory."""
+    out = tmp_path / "run"
+    proc = _cli("oneshot", str(tiny_llama_dir(tmp_path)), str(lm_jsonl(tmp_path)), str(out), "--method", "sparsegpt",
+                "--pattern", "2:4", "--calibration", "8", "--seq", "32", "--no-progress", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    manifest = read_manifest(out)
+    assert manifest.method == "oneshot" and set(manifest.patterns.values()) == {"2:4"}
+    report = manifest.method_report
+    assert report["score"] == "sparsegpt" and report["calibration_tokens"] == 8 * 32 and report["sequential"]
+    assert summary["bench"]["latency"] and summary["metrics"]["test"]["perplexity"] > 1
+    model = load(out, block_sparse="never")
+    for n in describe(model).prunable_linears():
+        w = weight_view(get_module(model, n))
+        assert w.ne(0).reshape(w.shape[0], -1, 4).sum(-1).le(2).all()
+    proc = _cli("evaluate", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)[0]["perplexity"] == pytest.approx(summary["metrics"]["test"]["perplexity"], rel=1e-4)
+
+
+def test_oneshot_command_refuses_both_a_sparsity_and_a_pattern(tmp_path):
+    out = tmp_path / "run"
+    proc = _cli("oneshot", str(tiny_llama_dir(tmp_path)), str(lm_jsonl(tmp_path)), str(out), "--sparsity", "0.5",
+                "--pattern", "2:4")  # fmt: skip
+    assert proc.returncode == 2 and "not both" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not any(p.name.startswith(".run") for p in tmp_path.iterdir())

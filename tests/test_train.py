@@ -14,7 +14,7 @@ from prunekit.catalog import load_model
 from prunekit.tasks import get_task, load_data
 from prunekit.train.config import TrainConfig
 from prunekit.train.loop import Trainer, process_batches, train
-from train_fixtures import sentiment_csv, tiny_bert_dir
+from train_fixtures import lm_jsonl, sentiment_csv, tiny_bert_dir, tiny_llama_dir
 
 COLUMNS = {"text": "review", "label": "verdict"}
 
@@ -120,32 +120,16 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     assert max(steps) == 48
 
 
-def _tiny_llama_dir(root, tok_dir):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = root / "tiny-llama"
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, head_dim=8,
-                      pad_token_id=tok.pad_token_id)  # fmt: skip
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def test_trainer_on_language_modelling_and_qa(tmp_path):
     """The same loop trains the other task kinds: a decoder on text, an encoder on extractive QA."""
     from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 
     bert_dir = tiny_bert_dir(tmp_path)
-    lines = [{"text": "the cat sat on the mat and the dog sat on the log . " * 3} for _ in range(60)]
-    lm_file = tmp_path / "lm.jsonl"
-    lm_file.write_text("\n".join(json.dumps(x) for x in lines))
+    lm_file = lm_jsonl(tmp_path)
     data, kind = load_data(str(lm_file), seed=0)
     assert kind == "causal-lm"
     task = get_task(kind)
-    model, tok = load_model(str(_tiny_llama_dir(tmp_path, bert_dir)), task="causal-lm")
+    model, tok = load_model(str(tiny_llama_dir(tmp_path)), task="causal-lm")
     before = task.evaluate(model, data["validation"], tok, max_length=32)["perplexity"]
     cfg = _cfg(epochs=10, lr=1e-2, max_length=32)
     res = train(model, tok, task, data, config=cfg, work_dir=tmp_path / "lm", progress=False)

@@ -449,6 +449,59 @@ def finetune(
     _run(r, out, overwrite, resume, progress, as_json)
 
 
+@app.command()
+def oneshot(
+    model: Annotated[str, typer.Argument(help="Model name (see `prunekit models`), folder or run directory.")],
+    dataset: Annotated[str, typer.Argument(help="Dataset name (see `prunekit datasets`) or a CSV/JSONL/JSON file.")],
+    out: Annotated[str, typer.Argument(help="Run directory to write.")],
+    method: Annotated[str, typer.Option(help="wanda, sparsegpt or magnitude.")] = "wanda",
+    sparsity: Annotated[
+        float | None, typer.Option(help="Fraction of every matrix's weights removed (default 0.5).")
+    ] = None,
+    pattern: Annotated[str | None, typer.Option(help="N:M instead of --sparsity, e.g. 2:4.")] = None,
+    calibration: Annotated[int, typer.Option(help="Calibration sequences from the training split.")] = 128,
+    seq: Annotated[
+        int | None,
+        typer.Option(
+            help="Tokens per sequence, calibration and evaluation (default: 512 for a language model, else 128)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Calibration and evaluation batch size.")] = 8,
+    task: Annotated[str | None, typer.Option(help="Task kind for your own file (inferred when possible).")] = None,
+    columns: Annotated[
+        list[str] | None, typer.Option("--column", help="Column mapping canonical=yours, e.g. text=review.")
+    ] = None,
+    overrides: Overrides = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One-shot pruning from calibration data, no training (Wanda, SparseGPT or magnitude), layer by layer; the
+    run directory is an ordinary one (evaluate, bench, export, report, compare read it)."""
+
+    if sparsity is not None and pattern is not None:
+        raise UsageError("give --sparsity or --pattern, not both (an N:M pattern fixes the sparsity)")
+    section: dict = {"name": "oneshot", "score": method, "calibration_examples": calibration}
+    section |= {"pattern": pattern} if pattern is not None else {"sparsity": 0.5 if sparsity is None else sparsity}
+    if seq is None:
+        seq = 512 if (task or _catalog_task(dataset)) == "causal-lm" else 128
+    tree = {
+        "model": model,
+        "data": {"dataset": dataset, "task": task, "columns": _mapping(columns)},
+        "train": {"epochs": 0, "batch_size": batch_size, "max_length": seq},
+        "method": section,
+    }
+    api = _api()
+    r = api.parse_recipe(api.apply_overrides(tree, overrides), source="oneshot")
+    _run(r, out, overwrite, False, progress, as_json)
+
+
+def _catalog_task(dataset: str) -> str | None:
+    from prunekit.catalog.datasets import DATASETS
+
+    return DATASETS[dataset].task if dataset in DATASETS else None
+
+
 def _mapping(items: list[str] | None) -> dict[str, str] | None:
     if not items:
         return None

@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from prunekit.core.errors import UsageError
 from prunekit.core.memory import peak_mb, start_peak
+from prunekit.importance.calibration import InputRecorder, Statistic, count_tokens, model_inputs, no_tokens
 from prunekit.topology import BlockSpec, describe, get_module
 
 
@@ -45,11 +45,10 @@ def _no_cache(value: Any) -> Any:
 @torch.no_grad()
 def _first_block_inputs(model: nn.Module, first: nn.Module, batches: Iterable[dict]) -> tuple[list[_BlockInput], int]:
     captured: list[_BlockInput] = []
-    state: dict[str, torch.Tensor | None] = {"mask": None}
+    state: dict[str, torch.Tensor | None] = {"tokens": None}
 
     def capture(module, args, kwargs):
-        mask = state["mask"]
-        tokens = mask.reshape(-1).bool() if mask is not None else None
+        tokens = state["tokens"]
         captured.append(_BlockInput(tuple(_no_cache(a) for a in args),
                                     {k: _no_cache(v) for k, v in kwargs.items()}, tokens))  # fmt: skip
         raise _Captured
@@ -60,9 +59,9 @@ def _first_block_inputs(model: nn.Module, first: nn.Module, batches: Iterable[di
     count = 0
     try:
         for batch in batches:
-            inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
-            state["mask"] = inputs.get("attention_mask")
-            count += int(state["mask"].sum()) if state["mask"] is not None else int(inputs["input_ids"].numel())
+            inputs = model_inputs(batch, device)
+            tokens, state["tokens"] = count_tokens(inputs)
+            count += tokens
             with contextlib.suppress(_Captured):
                 model(**inputs, **extra)
     finally:
@@ -89,14 +88,14 @@ def _run_block(block: nn.Module, item: _BlockInput) -> torch.Tensor:
 def calibrate_layer_by_layer(
     model: nn.Module,
     batches: Iterable[dict],
-    statistic: Callable[[torch.Tensor], torch.Tensor],
+    statistic: Statistic,
     prune_block: Callable[[BlockSpec, dict[str, torch.Tensor]], None],
     *,
     what: str,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """For every block in order: the sum over the calibration tokens (padding excluded) of `statistic(X)` for each
-    of its linears, X the linear's input as (tokens, in) fp64 with the blocks before already pruned; then
+    """For every block in order: the fp64 sum over the calibration tokens (padding excluded) of `statistic(X)` for
+    each of its linears, X the linear's input as (tokens, in) with the blocks before already pruned; then
     `prune_block(block, sums)`, which changes the block's weights in place. Returns the token count, the seconds
     and the peak memory (MB) of the whole calibration. `what` names the caller in errors."""
     topo = describe(model)
@@ -108,7 +107,7 @@ def calibrate_layer_by_layer(
     try:
         items, tokens = _first_block_inputs(model, get_module(model, topo.blocks[0].name), batches)
         if tokens == 0 or not items:
-            raise UsageError(f"{what} got no calibration tokens: give calibration_examples > 0 and a training split")
+            raise no_tokens(what)
         columns = (TextColumn(f"[bold]{what}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         bar = Progress(*columns, TextColumn("{task.description}"), disable=not progress, console=Console(stderr=True))
         with bar:
@@ -129,32 +128,13 @@ def calibrate_layer_by_layer(
 
 
 def _block_statistics(
-    model: nn.Module,
-    block: nn.Module,
-    spec: BlockSpec,
-    items: list[_BlockInput],
-    statistic: Callable[[torch.Tensor], torch.Tensor],
+    model: nn.Module, block: nn.Module, spec: BlockSpec, items: list[_BlockInput], statistic: Statistic
 ) -> dict[str, torch.Tensor]:
-    sums: dict[str, torch.Tensor] = {}
-    current: dict[str, torch.Tensor | None] = {"tokens": None}
-
-    def hook(name: str):
-        def record(module, args):
-            x = args[0].detach()
-            flat = x.reshape(-1, x.shape[-1]).double()
-            tokens = current["tokens"]
-            if tokens is not None and tokens.numel() == flat.shape[0]:
-                flat = flat[tokens]
-            sums[name] = sums.get(name, 0) + statistic(flat)
-
-        return record
-
-    handles = [get_module(model, n).register_forward_pre_hook(hook(n)) for n in spec.linears()]
+    recorder = InputRecorder(model, spec.linears(), statistic)
     try:
         for item in items:
-            current["tokens"] = item.tokens
+            recorder.reset(item.tokens)
             _run_block(block, item)
     finally:
-        for h in handles:
-            h.remove()
-    return sums
+        recorder.remove()
+    return recorder.sums

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import UsageError
-from prunekit.importance.wanda import input_statistics
+from prunekit.importance.calibration import input_statistics
 
 
 def input_hessians(model: nn.Module, names: list[str], batches: Iterable[dict]) -> tuple[dict[str, torch.Tensor], int]:

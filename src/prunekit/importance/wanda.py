@@ -10,58 +10,15 @@ does; no weight update (SparseGPT's reconstruction is the next step).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from prunekit.core.errors import UsageError
+from prunekit.importance.calibration import input_statistics
 from prunekit.patterns import nm_mask
 from prunekit.topology import get_module, weight_view
-
-
-@torch.no_grad()
-def input_statistics(
-    model: nn.Module,
-    names: list[str],
-    batches: Iterable[dict],
-    statistic: Callable[[torch.Tensor], torch.Tensor],
-    what: str,
-) -> tuple[dict[str, torch.Tensor], int]:
-    """The sum over calibration batches of `statistic(X)` for every named linear (GPT-2's Conv1D included), X its
-    input on the non-padding tokens as (tokens, in) fp64, from one forward per batch of the model as it is (eval
-    mode for the measurement); and the token count. `what` names the caller in the error for no tokens."""
-    sums: dict[str, torch.Tensor] = {}
-    state: dict[str, torch.Tensor | None] = {"mask": None}
-
-    def hook(name: str):
-        def record(module, args):
-            x = args[0].detach()
-            flat = x.reshape(-1, x.shape[-1]).double()
-            mask = state["mask"]
-            if mask is not None and mask.numel() == flat.shape[0]:
-                flat = flat[mask.reshape(-1).bool()]
-            sums[name] = sums.get(name, 0) + statistic(flat)
-
-        return record
-
-    handles = [get_module(model, n).register_forward_pre_hook(hook(n)) for n in names]
-    was_training, tokens = model.training, 0
-    device = next(model.parameters()).device
-    model.eval()
-    try:
-        for batch in batches:
-            inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
-            state["mask"] = inputs.get("attention_mask")
-            tokens += int(state["mask"].sum()) if state["mask"] is not None else int(inputs["input_ids"].numel())
-            model(**inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if tokens == 0:
-        raise UsageError(f"{what} got no calibration tokens: give calibration_examples > 0 and a training split")
-    return sums, tokens
 
 
 def input_squares(model: nn.Module, names: list[str], batches: Iterable[dict]) -> tuple[dict[str, torch.Tensor], int]:
