@@ -213,3 +213,29 @@ def test_oneshot_command_refuses_both_a_sparsity_and_a_pattern(tmp_path):
                 "--pattern", "2:4")  # fmt: skip
     assert proc.returncode == 2 and "not both" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists() and not any(p.name.startswith(".run") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("start", ["wanda", "sparsegpt"])
+def test_asp_and_admm_start_from_the_one_shot_mask(start):
+    """`start_from`: the N:M methods begin where one-shot pruning left the weights; ASP freezes exactly that mask
+    (and SparseGPT's updated weights), ADMM's Z starts at it."""
+    batches = [tiny_inputs("bert", batch=4, seq=12, seed=s) for s in range(3)]
+    reference = tiny_model("bert")
+    oneshot = create_method("oneshot", {"score": start, "pattern": "2:4"})
+    oneshot.calibrate(reference, batches)
+    expected = oneshot.prune_before_training().weights
+    for name in ("asp", "admm"):
+        model = tiny_model("bert")
+        method = create_method(name, {"start_from": start, "calibration_examples": 12})
+        assert method.calibration_examples() == 12
+        method.calibrate(model, batches)
+        method.attach(model, describe(model))
+        assert method.report()["start_from"] == start and method.report()["start"]["calibration_tokens"] > 0
+        for n, keep in expected.items():
+            view = weight_view(get_module(model, n))
+            torch.testing.assert_close(view, weight_view(get_module(reference, n)))
+            if name == "asp":
+                torch.testing.assert_close(method.masks().weights[n].bool(), keep)
+            else:
+                torch.testing.assert_close(method.z[n].ne(0), keep)
+    assert create_method("asp", {}).calibration_examples() == 0  # magnitude: no calibration

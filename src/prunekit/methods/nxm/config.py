@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from prunekit.core.errors import UsageError
-from prunekit.methods.base import MethodConfig
+from prunekit.methods.oneshot.start import OneShotStartConfig
 from prunekit.patterns import Pattern, parse_pattern
 
 
@@ -27,7 +27,7 @@ def parse_nm(text: str) -> Pattern:
     return pattern
 
 
-class AdmmConfig(MethodConfig):
+class AdmmConfig(OneShotStartConfig):
     """Recipe section of `admm`. `end` is the fraction of the optimizer steps run under ADMM before the hard
     prune (then masked retraining); the paper's 10 ADMM epochs + 1 retraining epoch is end ~ 0.9."""
 
@@ -91,7 +91,7 @@ class AdmmConfig(MethodConfig):
         return float(v)
 
 
-class AspConfig(MethodConfig):
+class AspConfig(OneShotStartConfig):
     """Recipe section of `asp`: only the N:M pattern (the mask is fixed at step 0, there is no schedule)."""
 
     pattern: str = Field(

@@ -28,6 +28,7 @@ from prunekit.methods.base import Method, check_patterns_fit, register
 from prunekit.methods.baselines.config import GradualMagnitudeConfig
 from prunekit.methods.baselines.magnitude import GradualMagnitude
 from prunekit.methods.nxm.config import AdmmConfig, AspConfig, parse_nm
+from prunekit.methods.oneshot.start import OneShotStart
 from prunekit.patterns import Pattern, nm_mask
 from prunekit.topology import Topology, get_module, weight_view
 
@@ -43,7 +44,7 @@ def check_targets(model: nn.Module, names: list[str], pattern: Pattern, pad_tail
 
 
 @register
-class Admm(Method):
+class Admm(OneShotStart, Method):
     """ADMM towards N:M, then hard prune and masked retraining (NxMTransformer)."""
 
     name = "admm"
@@ -74,6 +75,9 @@ class Admm(Method):
         self._step = 0
 
     # ------------------------------------------------------------------ setup
+
+    def report(self) -> dict[str, Any] | None:
+        return self.start_report()
 
     def attach(self, model: nn.Module, topo: Topology) -> None:
         super().attach(model, topo)
@@ -304,7 +308,7 @@ class Admm(Method):
 
 
 @register
-class Asp(GradualMagnitude):
+class Asp(OneShotStart, GradualMagnitude):
     """NVIDIA ASP: one-shot magnitude N:M of the fine-tuned weights, then masked fine-tuning for the whole
     run. The `magnitude` method with its N:M mask computed and applied at attach, before the first step."""
 
@@ -318,6 +322,12 @@ class Asp(GradualMagnitude):
         own = config if isinstance(config, AspConfig) else AspConfig.model_validate(config or {})
         self.asp_config = own
         super().__init__(GradualMagnitudeConfig(pattern=own.pattern, start=0.0, end=0.0, pad_tail=own.pad_tail))
+
+    def start_config(self) -> AspConfig:
+        return self.asp_config
+
+    def report(self) -> dict[str, Any] | None:
+        return self.start_report()
 
     def attach(self, model: nn.Module, topo: Topology) -> None:
         check_targets(model, topo.prunable_linears(), parse_nm(self.asp_config.pattern), self.asp_config.pad_tail)
