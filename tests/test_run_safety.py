@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from prunekit.core.errors import UsageError
-from prunekit.runs.directory import check_target, claim, lock_path, locked, remove_leftovers
+from prunekit.runs.directory import check_target, claim, lock_path, locked, partial_dir, remove_leftovers
 from train_fixtures import sentiment_csv, tiny_bert_dir
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -126,8 +126,9 @@ def test_interrupt_of_a_background_process_is_not_ignored(tmp_path, setup):
     """A shell starts background jobs with SIGINT ignored: `kill -INT` must still stop the run (it used to finish
     and exit 0)."""
     out = tmp_path / "bg"
+    started = partial_dir(out)  # made once the run has claimed OUT, after the CLI set up its signal handling
     cmd = f"{sys.executable} -m prunekit.cli prune {setup['recipe']} --out {out} --no-progress & pid=$!; "
-    cmd += "sleep 0.2; kill -INT $pid; wait $pid"
+    cmd += f"while [ ! -e {started} ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done; kill -INT $pid; wait $pid"
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert not out.exists()
