@@ -92,10 +92,10 @@ def _prune_before_training(run: Run, model: nn.Module, task, data, tok):
         torch.save(maskset_state(masks), tmp)
         tmp.replace(saved)
     run.timings["calibrate_s"] = round(time.perf_counter() - t0, 2)
-    run.log(
-        f"{method.name}: pruned {report['sparsity']:.1%} of the block weights before training (calibrated on {n} "
-        f"sequences of up to {length} tokens)"
-    )
+    peak = (method.report() or {}).get("calibration_peak_mb")
+    memory = f", peak memory {peak:,.0f} MB" if peak else ""
+    run.log(f"{method.name}: pruned {report['sparsity']:.1%} of the block weights before training (calibrated on {n} "
+            f"sequences of up to {length} tokens in {run.timings['calibrate_s']:.0f} s{memory})")  # fmt: skip
     return masks, report
 
 
