@@ -198,6 +198,7 @@ def test_oneshot_command_writes_a_run_the_other_commands_read(tmp_path):
     report = manifest.method_report
     assert report["score"] == "sparsegpt" and report["calibration_tokens"] == 8 * 32 and report["sequential"]
     assert summary["bench"]["latency"] and summary["metrics"]["test"]["perplexity"] > 1
+    assert "- calibration tokens: 256" in (out / "report.md").read_text()  # the method's report reaches report.md
     model = load(out, block_sparse="never")
     for n in describe(model).prunable_linears():
         w = weight_view(get_module(model, n))
