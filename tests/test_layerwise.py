@@ -97,3 +97,19 @@ def test_a_language_model_calibrates_on_sequences_not_documents():
     short_lines = Dataset.from_dict({"text": ["a b c"] * 200})  # 4 tokens a line: 4 lines fill one block
     batches = list(calibration_batches(task, short_lines, Words(), 16, 4, 6)())
     assert sum(b["input_ids"].shape[0] for b in batches) == 6
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("score", "pattern"), [("wanda", "unstructured"), ("sparsegpt", "2:4")])
+def test_every_family_is_pruned_layer_by_layer(family, score, pattern):
+    model = tiny_model(family)
+    method = create_method("oneshot", {"score": score, "pattern": pattern, "sparsity": 0.5})
+    method.calibrate(model, _batches(family))
+    for n in describe(model).prunable_linears():
+        w = weight_view(get_module(model, n))
+        if pattern == "2:4":
+            assert w.ne(0).reshape(w.shape[0], -1, 4).sum(-1).le(2).all(), n
+        else:
+            assert w.ne(0).sum(1).le(w.shape[1] // 2).all(), n
+    with torch.no_grad():
+        assert torch.isfinite(model(**tiny_inputs(family)).logits).all()
