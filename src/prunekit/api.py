@@ -86,6 +86,11 @@ def _check_costs_target(target: Path, overwrite: bool) -> None:
         raise UsageError(f"--out {target} exists: add --overwrite to replace it, or choose another name")
 
 
+def dataset_task(name: str) -> str | None:
+    """The task kind of a catalog dataset (None for the user's own file)."""
+    return DATASETS[name].task if name in DATASETS else None
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 

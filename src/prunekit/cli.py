@@ -483,23 +483,17 @@ def oneshot(
         raise UsageError("give --sparsity or --pattern, not both (an N:M pattern fixes the sparsity)")
     section: dict = {"name": "oneshot", "score": method, "calibration_examples": calibration}
     section |= {"pattern": pattern} if pattern is not None else {"sparsity": 0.5 if sparsity is None else sparsity}
+    api = _api()
     if seq is None:
-        seq = 512 if (task or _catalog_task(dataset)) == "causal-lm" else 128
+        seq = 512 if (task or api.dataset_task(dataset)) == "causal-lm" else 128
     tree = {
         "model": model,
         "data": {"dataset": dataset, "task": task, "columns": _mapping(columns)},
         "train": {"epochs": 0, "batch_size": batch_size, "max_length": seq},
         "method": section,
     }
-    api = _api()
     r = api.parse_recipe(api.apply_overrides(tree, overrides), source="oneshot")
     _run(r, out, overwrite, False, progress, as_json)
-
-
-def _catalog_task(dataset: str) -> str | None:
-    from prunekit.catalog.datasets import DATASETS
-
-    return DATASETS[dataset].task if dataset in DATASETS else None
 
 
 def _mapping(items: list[str] | None) -> dict[str, str] | None:
