@@ -164,11 +164,14 @@ def test_gathered_model_saves_and_loads(family, tmp_path):
     assert [e.ffn_cols for e in read_manifest(tmp_path / "run").structure] == [e["ffn_cols"] for e in structure(model)]
 
 
-@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_gathered_model_exports_to_onnx(family, tmp_path):
+    """onnxruntime computes what PyTorch does; dynamo (the default exporter, ~10 s) for Llama, TorchScript (~1 s, the
+    fallback) for the others, so the file stays fast."""
     model = compact(tiny_model(family), merge(random_masks(family, 6), _col_masks(6))).eval()
     assert any(isinstance(m, GATHERS) for m in model.modules())
-    assert _export_and_compare(model, family, tmp_path)["exporter"] == "dynamo"
+    exporter = "dynamo" if family == "llama" else "torchscript"
+    assert _export_and_compare(model, family, tmp_path, exporter=exporter)["exporter"] == exporter
 
 
 @pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
