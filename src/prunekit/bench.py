@@ -127,9 +127,10 @@ def flops_per_token(model: nn.Module, seq_len: int, topo: Topology | None = None
     """Analytic forward FLOPs per token (2 x multiply-accumulates) at `seq_len`.
 
     `blocks`: the linears of every block, from their current weight shapes (a compacted model counts less;
-    a ScatterLinear counts only the rows it computes). `attention_scores`: per query head 2*seq_len*head_dim
-    for QK^T and as much for AV, over the full square (dense kernels compute it, causal or not). `head`:
-    linears outside the blocks and embeddings, divided by seq_len where they run once per sequence.
+    a ScatterLinear counts only the rows it computes, a GatherLinear only the input columns it reads).
+    `attention_scores`: per query head 2*seq_len*head_dim for QK^T and as much for AV, over the full square (dense
+    kernels compute it, causal or not). `head`: linears outside the blocks and embeddings, divided by seq_len where
+    they run once per sequence.
     Norms, softmax, activations, biases and embedding lookups are left out (small, and not what pruning
     removes). N:M or unstructured zeros inside a weight do not reduce them, since a dense GEMM multiplies the
     zeros too; a matrix packed into the block-sparse kernel (`BlockSparseLinear`) counts only its kept blocks,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import UsageError
-from prunekit.topology import Topology, describe, family_of, get_module, weight_view
+from prunekit.topology import AttentionSpec, Topology, describe, family_of, get_module, weight_view
 
 
 @dataclass
@@ -26,6 +26,8 @@ class LayerMask:
     neurons: torch.Tensor | None = None  # (ffn width,)
     attn_rows: torch.Tensor | None = None  # (hidden,) dimensions the attention output writes
     ffn_rows: torch.Tensor | None = None  # (hidden,) dimensions the FFN output writes
+    attn_cols: torch.Tensor | None = None  # (hidden,) dimensions q, k and v read (one index: they share the input)
+    ffn_cols: torch.Tensor | None = None  # (hidden,) dimensions the FFN input projections read
     drop_attention: bool = False
     drop_ffn: bool = False
 
@@ -34,7 +36,8 @@ class LayerMask:
             self.drop_attention
             or self.drop_ffn
             or any(
-                m is not None and not bool(m.all()) for m in (self.heads, self.neurons, self.attn_rows, self.ffn_rows)
+                m is not None and not bool(m.all())
+                for m in (self.heads, self.neurons, self.attn_rows, self.ffn_rows, self.attn_cols, self.ffn_cols)
             )
         )
 
@@ -58,6 +61,33 @@ def _rows_in_view(module: nn.Module, rows: torch.Tensor) -> torch.Tensor:
     """A full-width row mask restricted to the rows a (possibly already scattered) module computes."""
     index = getattr(module, "out_index", None)
     return rows[index] if index is not None else rows
+
+
+def _cols_in_view(module: nn.Module, cols: torch.Tensor) -> torch.Tensor:
+    """A full-width input mask restricted to the inputs a (possibly already gathering) module reads."""
+    index = getattr(module, "in_index", None)
+    return cols[index.to(cols.device)] if index is not None else cols
+
+
+def attention_inputs(att: AttentionSpec | None) -> list[str]:
+    """The linears that read the attention sublayer's input (q, k, v; GPT-2's one fused module); none when every
+    head is gone."""
+    if att is None or not att.num_heads:
+        return []
+    return [att.q] if att.fused_qkv else [att.q, att.k, att.v]
+
+
+@torch.no_grad()
+def live_columns(model: nn.Module, names: list[str], hidden: int) -> torch.Tensor:
+    """(hidden,) bool: input dimensions some weight of `names` still reads (a non-zero entry in its column).
+    A dimension every one of them has a zero column for can be gathered away exactly, whatever the biases."""
+    live = torch.zeros(hidden, dtype=torch.bool)
+    for name in names:
+        module = get_module(model, name)
+        col = (weight_view(module) != 0).any(dim=0).cpu()
+        index = getattr(module, "in_index", None)
+        live[index.cpu() if index is not None else torch.arange(col.numel())] |= col
+    return live
 
 
 def element_masks(model: nn.Module, masks: MaskSet, topo: Topology | None = None) -> dict[str, tuple]:
@@ -100,12 +130,18 @@ def element_masks(model: nn.Module, masks: MaskSet, topo: Topology | None = None
             drop_in(att.o, q_keep)
         if att is not None and lm.attn_rows is not None and not lm.drop_attention:
             drop_out(att.o, _rows_in_view(get_module(model, att.o), lm.attn_rows.bool()))
+        if lm.attn_cols is not None and not lm.drop_attention:
+            for name in attention_inputs(att):
+                drop_in(name, _cols_in_view(get_module(model, name), lm.attn_cols.bool()))
         if ffn is not None and lm.neurons is not None and not lm.drop_ffn:
             for name in ffn.inputs:
                 drop_out(name, lm.neurons.bool())
             drop_in(ffn.output, lm.neurons.bool())
         if ffn is not None and lm.ffn_rows is not None and not lm.drop_ffn:
             drop_out(ffn.output, _rows_in_view(get_module(model, ffn.output), lm.ffn_rows.bool()))
+        if ffn is not None and lm.ffn_cols is not None and not lm.drop_ffn:
+            for name in ffn.inputs:
+                drop_in(name, _cols_in_view(get_module(model, name), lm.ffn_cols.bool()))
     for name, m in masks.weights.items():
         e = entry(name)
         if m.shape != e[0].shape:
@@ -230,6 +266,8 @@ def merge(*mask_sets: MaskSet) -> MaskSet:
             cur.neurons = both(cur.neurons, lm.neurons)
             cur.attn_rows = both(cur.attn_rows, lm.attn_rows)
             cur.ffn_rows = both(cur.ffn_rows, lm.ffn_rows)
+            cur.attn_cols = both(cur.attn_cols, lm.attn_cols)
+            cur.ffn_cols = both(cur.ffn_cols, lm.ffn_cols)
             cur.drop_attention |= lm.drop_attention
             cur.drop_ffn |= lm.drop_ffn
         for name, m in ms.weights.items():
@@ -293,7 +331,7 @@ def check_keeps_attention(model: nn.Module, masks: MaskSet | None) -> None:
         )
 
 
-_LAYER_FIELDS = ("heads", "neurons", "attn_rows", "ffn_rows")
+_LAYER_FIELDS = ("heads", "neurons", "attn_rows", "ffn_rows", "attn_cols", "ffn_cols")
 
 
 def maskset_state(masks: MaskSet) -> dict[str, Any]:

@@ -1,36 +1,77 @@
 """Physical removal of masked structure: smaller GEMMs, same function.
 
 Compaction first writes every mask into the weights, then slices heads and neurons out of the
-linears, wraps row-pruned output projections in scatter modules, and swaps dropped sublayers for
-skip modules. The result computes what the masked model computes (checked by `check_equal`).
+linears, wraps row-pruned output projections in scatter modules, makes the input projections (q/k/v, the
+FFN's) gather the hidden dimensions they still read, and swaps dropped sublayers for skip modules. The
+result computes what the masked model computes (checked by `check_equal`).
 """
 
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from prunekit.compact.structure import structure_masks, uniform_config_update
 from prunekit.core.errors import UsageError
-from prunekit.masks import LayerMask, MaskSet, apply_masks, kv_heads_kept, zero_masked
+from prunekit.masks import (
+    LayerMask,
+    MaskSet,
+    apply_masks,
+    attention_inputs,
+    kv_heads_kept,
+    live_columns,
+    zero_masked,
+)
+from prunekit.patterns import parse_pattern
 from prunekit.topology import Topology, describe, family_of, get_module, weight_view
 from prunekit.topology.base import AttentionSpec, is_conv1d, set_module
 from prunekit.topology.families import Family, head_feature_index
-from prunekit.topology.modules import EmptyAttention, PrunedConv1D, ScatterConv1D, ScatterLinear
+from prunekit.topology.modules import (
+    EmptyAttention,
+    GatherConv1D,
+    GatherLinear,
+    PrunedConv1D,
+    ScatterConv1D,
+    ScatterLinear,
+)
+
+# what an input gather may replace: plain linears (or ones gathering already); a scattering, packed or
+# parametrized module is something else
+_GATHERABLE = (nn.Linear, GatherLinear, Conv1D, PrunedConv1D, GatherConv1D)
+# patterns whose groups run along a weight's inputs: removing columns would break them (N:M storage, block kernel)
+_INPUT_LAYOUT = ("nm", "block")
+
+
+class GatherRules(NamedTuple):
+    """What input gathers need to know beyond a layer's masks."""
+
+    hidden: int
+    patterns: dict[str, str]  # the masks' fine-grained patterns, by module name
+    detect: bool  # also remove input columns that are zero in every linear of a group
 
 
 def _new_like(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
     """A linear of the same kind as `module` holding `weight` (given as (out, in))."""
     out_f, in_f = weight.shape
     index = getattr(module, "out_index", None)
+    gathers = getattr(module, "in_index", None) is not None
     if is_conv1d(module):
-        new = ScatterConv1D(in_f, out_f, module.full_features) if index is not None else PrunedConv1D(out_f, in_f)
+        if index is not None:
+            new = ScatterConv1D(in_f, out_f, module.full_features)
+        elif gathers:
+            new = GatherConv1D(in_f, out_f, module.full_in_features)
+        else:
+            new = PrunedConv1D(out_f, in_f)
         new.weight = nn.Parameter(weight.T.contiguous(), requires_grad=module.weight.requires_grad)
     else:
         if index is not None:
             new = ScatterLinear(in_f, out_f, module.full_features, bias=bias is not None)
+        elif gathers:
+            new = GatherLinear(in_f, out_f, module.full_in_features, bias=bias is not None)
         else:
             new = nn.Linear(in_f, out_f, bias=bias is not None)
         new.weight = nn.Parameter(weight.contiguous(), requires_grad=module.weight.requires_grad)
@@ -46,6 +87,7 @@ def slice_linear(
     w = weight_view(module).detach()
     b = module.bias.detach() if getattr(module, "bias", None) is not None else None
     index = getattr(module, "out_index", None)
+    in_index = getattr(module, "in_index", None)
     if out_idx is not None:
         out_idx = out_idx.to(w.device)
         w, b = w[out_idx], (b[out_idx] if b is not None else None)
@@ -54,6 +96,8 @@ def slice_linear(
     new = _new_like(module, w, b)
     if index is not None:
         new.out_index = index[out_idx] if out_idx is not None else index.clone()
+    if in_index is not None:
+        new.in_index = in_index[in_idx.to(in_index.device)] if in_idx is not None else in_index.clone()
     return new
 
 
@@ -76,6 +120,62 @@ def scatter_rows(module: nn.Module, keep: torch.Tensor) -> nn.Module:
             new.bias = nn.Parameter(b.contiguous())
     new.out_index = current[local].clone()
     return new.to(w.device)
+
+
+def gather_cols(module: nn.Module, keep: torch.Tensor) -> nn.Module:
+    """Keep only the input columns in `keep` (a full-width bool mask): the module reads just those dimensions of
+    its full-width input. Bias unchanged; composes with an earlier gather."""
+    if type(module) not in _GATHERABLE:
+        raise UsageError(f"an input gather replaces a plain linear, got {type(module).__name__}")
+    index = getattr(module, "in_index", None)
+    w = weight_view(module).detach()
+    full = module.full_in_features if index is not None else w.shape[1]
+    current = index if index is not None else torch.arange(full, device=w.device)
+    local = torch.nonzero(keep.to(current.device)[current]).flatten()
+    w = w[:, local.to(w.device)]
+    b = module.bias.detach() if getattr(module, "bias", None) is not None else None
+    grad = module.weight.requires_grad
+    if is_conv1d(module):
+        new = GatherConv1D(w.shape[1], w.shape[0], full)
+        new.weight = nn.Parameter(w.T.contiguous(), requires_grad=grad)
+    else:
+        new = GatherLinear(w.shape[1], w.shape[0], full, bias=b is not None)
+        new.weight = nn.Parameter(w.contiguous(), requires_grad=grad)
+    if b is not None:
+        new.bias = nn.Parameter(b.clone(), requires_grad=module.bias.requires_grad)
+    new.in_index = current[local].clone()
+    return new.to(w.device)
+
+
+def _gather_group(model: nn.Module, names: list[str], keep: torch.Tensor | None, rules: GatherRules, what: str) -> None:
+    """Make every linear of one sublayer's input group (q/k/v, or the FFN inputs) read only the kept dimensions:
+    those in `keep` (given) and, with zero-column detection on, those some weight of the group still reads."""
+    if not names:
+        return
+    modules = [get_module(model, n) for n in names]
+    laid_out = [n for n in names if n in rules.patterns and _input_layout(rules.patterns[n])]
+    odd = [f"{n} ({type(m).__name__})" for n, m in zip(names, modules, strict=True) if type(m) not in _GATHERABLE]
+    if keep is not None:
+        keep = keep.bool().cpu()
+        if not bool(keep.all()) and (laid_out or odd):
+            why = f"{laid_out} have N:M or block patterns along their inputs" if laid_out else f"{odd} are not plain"
+            raise UsageError(f"{what} asks to remove input dimensions, but {why}: an input gather cannot apply")
+    if rules.detect and not laid_out and not odd:
+        live = live_columns(model, names, rules.hidden)
+        keep = live if keep is None else keep & live
+    if keep is None:
+        return
+    for name, module in zip(names, modules, strict=True):
+        index = getattr(module, "in_index", None)
+        if not bool((keep[index.cpu()] if index is not None else keep).all()):
+            set_module(model, name, gather_cols(module, keep))
+
+
+def _input_layout(text: str) -> bool:
+    try:
+        return parse_pattern(text).kind in _INPUT_LAYOUT
+    except UsageError:
+        return False
 
 
 def _check_gqa(att: AttentionSpec, heads: torch.Tensor, layer: int) -> int:
@@ -126,7 +226,7 @@ def _compact_heads(model: nn.Module, fam: Family, att: AttentionSpec, heads: tor
     del group
 
 
-def _compact_layer(model: nn.Module, fam: Family, topo: Topology, i: int, lm: LayerMask) -> None:
+def _compact_layer(model: nn.Module, fam: Family, topo: Topology, i: int, lm: LayerMask, rules: GatherRules) -> None:
     block = topo.blocks[i]
     block_module = get_module(model, block.name)
     att, ffn = block.attention, block.ffn
@@ -138,6 +238,9 @@ def _compact_layer(model: nn.Module, fam: Family, topo: Topology, i: int, lm: La
             _compact_heads(model, fam, att, lm.heads, i)
         if lm.attn_rows is not None and not bool(lm.attn_rows.all()):
             set_module(model, att.o, scatter_rows(get_module(model, att.o), lm.attn_rows.bool()))
+        heads_left = att.num_heads if lm.heads is None else int(lm.heads.sum())
+        if heads_left:  # no head left: q, k and v are gone already
+            _gather_group(model, attention_inputs(att), lm.attn_cols, rules, f"layer {i}: attn_cols")
     if lm.drop_ffn and ffn is not None:
         for rel, factory in fam.skip_ffn:
             setattr(block_module, rel, factory())
@@ -149,6 +252,10 @@ def _compact_layer(model: nn.Module, fam: Family, topo: Topology, i: int, lm: La
             set_module(model, ffn.output, slice_linear(get_module(model, ffn.output), in_idx=keep))
         if lm.ffn_rows is not None and not bool(lm.ffn_rows.all()):
             set_module(model, ffn.output, scatter_rows(get_module(model, ffn.output), lm.ffn_rows.bool()))
+        width_left = ffn.width if lm.neurons is None else int(lm.neurons.sum())
+        if width_left or lm.ffn_cols is not None:  # given cols apply at width 0 too (a rebuild repeats them)
+            ffn_rules = rules if width_left else rules._replace(detect=False)
+            _gather_group(model, ffn.inputs, lm.ffn_cols, ffn_rules, f"layer {i}: ffn_cols")
 
 
 def validate(masks: MaskSet, topo: Topology) -> None:
@@ -162,27 +269,35 @@ def validate(masks: MaskSet, topo: Topology) -> None:
             ("neurons", lm.neurons, b.ffn.width if b.ffn else None),
             ("attn_rows", lm.attn_rows, topo.hidden_size),
             ("ffn_rows", lm.ffn_rows, topo.hidden_size),
+            ("attn_cols", lm.attn_cols, topo.hidden_size),
+            ("ffn_cols", lm.ffn_cols, topo.hidden_size),
         ):
             if m is not None and n is not None and m.numel() != n:
                 raise UsageError(f"layer {i}: {what} mask has {m.numel()} entries, the layer has {n}")
 
 
 @torch.no_grad()
-def compact(model: nn.Module, masks: MaskSet, topo: Topology | None = None) -> nn.Module:
-    """Remove what the masks prune, in place; returns the model. Fine-grained masks stay as zeros."""
+def compact(model: nn.Module, masks: MaskSet, topo: Topology | None = None, *, zero_columns: bool = True) -> nn.Module:
+    """Remove what the masks prune, in place; returns the model. Fine-grained masks stay as zeros.
+
+    `zero_columns`: also remove the hidden dimensions a sublayer no longer reads, i.e. input columns that are zero
+    in every linear of its input group (q, k and v together; all FFN inputs together), in every layer, masks or not:
+    compaction removes whatever structure is already zero (NeuroPrune's group-sparse columns, L1's). Groups with
+    an N:M or block pattern, or modules that are not plain linears, keep their inputs."""
     topo = topo or describe(model)
     validate(masks, topo)
     fam = family_of(model)
     zero_masked(model, masks, topo)
-    for i, lm in sorted(masks.layers.items()):
-        _compact_layer(model, fam, topo, i, lm)
+    rules = GatherRules(topo.hidden_size, masks.patterns, zero_columns)
+    for i in range(topo.num_layers):
+        _compact_layer(model, fam, topo, i, masks.layers.get(i, LayerMask()), rules)
     sync_config(model)
     return model
 
 
 def rebuild(model: nn.Module, layers: list[dict]) -> nn.Module:
     """A freshly built model given the per-layer shapes a manifest recorded (`structure`)."""
-    return compact(model, structure_masks(model, layers))
+    return compact(model, structure_masks(model, layers), zero_columns=False)
 
 
 def sync_config(model: nn.Module) -> None:

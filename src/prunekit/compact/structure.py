@@ -21,6 +21,12 @@ def _rows_kept(module: nn.Module) -> int | None:
     return int(index.numel()) if index is not None else None
 
 
+def _cols_kept(module: nn.Module) -> int | None:
+    """Hidden dimensions a gathering input projection reads (None: it reads all)."""
+    index = getattr(module, "in_index", None)
+    return int(index.numel()) if index is not None else None
+
+
 def structure(model: nn.Module) -> list[dict]:
     topo = describe(model)
     fam = family_of(model)
@@ -38,11 +44,17 @@ def structure(model: nn.Module) -> list[dict]:
                 heads=a.num_heads,
                 kv_heads=a.num_kv_heads,
                 attn_rows=_rows_kept(get_module(model, a.o)),
+                attn_cols=_cols_kept(get_module(model, a.q)) if a.num_heads else None,
             )
         if b.ffn is None or is_skipped(block, fam.skip_ffn):
             entry.update(ffn="dropped", ffn_width=0)
         else:
-            entry.update(ffn="kept", ffn_width=b.ffn.width, ffn_rows=_rows_kept(get_module(model, b.ffn.output)))
+            entry.update(
+                ffn="kept",
+                ffn_width=b.ffn.width,
+                ffn_rows=_rows_kept(get_module(model, b.ffn.output)),
+                ffn_cols=_cols_kept(get_module(model, b.ffn.inputs[0])),
+            )
         layers.append(entry)
     return layers
 
@@ -74,12 +86,16 @@ def structure_masks(model: nn.Module, layers: list[dict]) -> MaskSet:
             ).flatten()
             if entry.get("attn_rows") is not None:
                 lm.attn_rows = _prefix(d, entry["attn_rows"])
+            if entry.get("attn_cols") is not None:
+                lm.attn_cols = _prefix(d, entry["attn_cols"])
         if entry["ffn"] == "dropped":
             lm.drop_ffn = True
         elif b.ffn is not None:
             lm.neurons = _prefix(b.ffn.width, entry["ffn_width"])
             if entry.get("ffn_rows") is not None:
                 lm.ffn_rows = _prefix(d, entry["ffn_rows"])
+            if entry.get("ffn_cols") is not None:
+                lm.ffn_cols = _prefix(d, entry["ffn_cols"])
         masks.layers[b.index] = lm
     return masks
 
@@ -108,6 +124,8 @@ def plain_loadable(model: nn.Module) -> bool:
         or e["ffn"] != "kept"
         or e.get("attn_rows") is not None
         or e.get("ffn_rows") is not None
+        or e.get("attn_cols") is not None
+        or e.get("ffn_cols") is not None
         for e in layers
     ):
         return False

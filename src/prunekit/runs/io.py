@@ -55,6 +55,8 @@ class LayerEntry(BaseModel):
     ffn: Literal["kept", "dropped"]
     ffn_width: int = Field(ge=0)
     ffn_rows: int | None = Field(None, ge=0)
+    attn_cols: int | None = Field(None, ge=0)  # hidden dimensions q/k/v read (gathered), None: all
+    ffn_cols: int | None = Field(None, ge=0)  # hidden dimensions the FFN inputs read (gathered), None: all
 
 
 class Manifest(BaseModel):

@@ -57,6 +57,35 @@ class ScatterConv1D(PrunedConv1D):
         return out.index_copy(-1, self.out_index, y)
 
 
+class GatherLinear(nn.Linear):
+    """A linear layer that reads only kept input dimensions (`in_index` into the full-width input): the hidden
+    dimensions a sublayer no longer reads cost no multiply, while its input (the residual stream, or its norm)
+    stays full width. The mirror of ScatterLinear, for the input side of q/k/v and the FFN input projections."""
+
+    def __init__(self, kept: int, out_features: int, full: int, bias: bool = True) -> None:
+        super().__init__(kept, out_features, bias=bias)
+        self.full_in_features = full
+        self.register_buffer("in_index", torch.arange(kept, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.index_select(-1, self.in_index))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, gathered_from={self.full_in_features}"
+
+
+class GatherConv1D(PrunedConv1D):
+    """GatherLinear for GPT-2's transposed Conv1D (its weight is (kept inputs, out))."""
+
+    def __init__(self, kept: int, out_features: int, full: int) -> None:
+        super().__init__(out_features, kept)
+        self.full_in_features = full
+        self.register_buffer("in_index", torch.arange(kept, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.index_select(-1, self.in_index))
+
+
 def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
