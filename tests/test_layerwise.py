@@ -113,3 +113,20 @@ def test_every_family_is_pruned_layer_by_layer(family, score, pattern):
             assert w.ne(0).sum(1).le(w.shape[1] // 2).all(), n
     with torch.no_grad():
         assert torch.isfinite(model(**tiny_inputs(family)).logits).all()
+
+
+def test_linears_reading_one_tensor_share_one_statistic():
+    """q, k and v (and gate and up) read the same tensor: its X^T X is computed once per forward, not per linear."""
+    model = tiny_model("llama")
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[1])
+        return x.t() @ x
+
+    names = describe(model).prunable_linears()
+    sums, _ = input_statistics(model, names, [tiny_inputs("llama")], counted, "test")
+    blocks = describe(model).num_layers
+    assert len(calls) == 4 * blocks  # attention input, o_proj input, MLP input, down_proj input per block
+    q, k = describe(model).blocks[0].attention.q, describe(model).blocks[0].attention.k
+    torch.testing.assert_close(sums[q], sums[k])

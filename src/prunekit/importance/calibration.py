@@ -28,10 +28,10 @@ class InputRecorder:
 
     def _hook(self, name: str):
         def record(module, args):
-            x = args[0].detach()
+            x = args[0]  # the tensor object itself: q, k and v are called with the same one
             stat = next((s for seen, s in self._seen if seen is x), None)
             if stat is None:
-                flat = x.reshape(-1, x.shape[-1])
+                flat = x.detach().reshape(-1, x.shape[-1])
                 if self.tokens is not None and self.tokens.numel() == flat.shape[0]:
                     flat = flat[self.tokens]
                 stat = self.statistic(flat.float()).double()
