@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from prunekit.core.errors import UsageError
+from prunekit.core.threads import torch_threads
 from prunekit.importance.calibration import input_statistics
 
 
@@ -59,6 +60,17 @@ def sparsegpt_prune(
         raise UsageError(f"{nm[0]}:{nm[1]} needs in_features divisible by {nm[1]}, this matrix has {in_f}")
     u = _inverse_cholesky(hessian.to(w.device), damp)
     keep = torch.ones_like(w, dtype=torch.bool)
+    # one thread on a CPU: the column loop is thousands of small operations, where torch's thread pool only adds
+    # synchronisation (measured 7x slower with 2 threads when the cores are shared)
+    with torch_threads(1 if w.device.type == "cpu" else None):
+        _prune_columns(w, u, keep, sparsity, nm, block)
+    return w.to(weight.dtype), keep
+
+
+def _prune_columns(w: torch.Tensor, u: torch.Tensor, keep: torch.Tensor, sparsity: float | None,
+                   nm: tuple[int, int] | None, block: int) -> None:  # fmt: skip
+    """The blocked OBS sweep, in place on w (fp64) and keep."""
+    in_f = w.shape[1]
     for b0 in range(0, in_f, block):
         b1 = min(b0 + block, in_f)
         wb, ub = w[:, b0:b1].clone(), u[b0:b1, b0:b1]
@@ -89,4 +101,3 @@ def sparsegpt_prune(
         w[:, b0:b1] = wb
         keep[:, b0:b1] = ~drop
         w[:, b1:] -= errors @ u[b0:b1, b1:]
-    return w.to(weight.dtype), keep

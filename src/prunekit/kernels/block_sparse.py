@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.core.errors import UsageError
+from prunekit.core.threads import torch_threads
 from prunekit.topology import describe, get_module
 from prunekit.topology.base import set_module
 from prunekit.topology.modules import ScatterLinear
@@ -298,18 +297,6 @@ class BlockSparseLinear(nn.Linear):
         new.weight = self.weight
         new.bias = self.bias
         return new
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's thread count set for a measurement (None: unchanged), restored after."""
-    old = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _time_pair(fa, fb, x: torch.Tensor, repeats: int, warmup: int) -> tuple[float, float]:

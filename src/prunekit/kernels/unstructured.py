@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.core.errors import UsageError
-from prunekit.kernels.block_sparse import _time_pair, _tracing, torch_threads
+from prunekit.core.threads import torch_threads
+from prunekit.kernels.block_sparse import _time_pair, _tracing
 from prunekit.topology import describe, get_module
 from prunekit.topology.base import set_module
 
