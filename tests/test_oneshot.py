@@ -208,11 +208,17 @@ def test_oneshot_command_writes_a_run_the_other_commands_read(tmp_path):
     assert json.loads(proc.stdout)[0]["perplexity"] == pytest.approx(summary["metrics"]["test"]["perplexity"], rel=1e-4)
 
 
-def test_oneshot_command_refuses_both_a_sparsity_and_a_pattern(tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (("--sparsity", "0.5", "--pattern", "2:4"), "not both"),
+        (("--method", "obs"), "not wanda, sparsegpt or magnitude"),
+    ],
+)
+def test_oneshot_command_refuses_bad_flags_in_one_line(tmp_path, flags, says):
     out = tmp_path / "run"
-    proc = _cli("oneshot", str(tiny_llama_dir(tmp_path)), str(lm_jsonl(tmp_path)), str(out), "--sparsity", "0.5",
-                "--pattern", "2:4")  # fmt: skip
-    assert proc.returncode == 2 and "not both" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = _cli("oneshot", str(tiny_llama_dir(tmp_path)), str(lm_jsonl(tmp_path)), str(out), *flags)
+    assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists() and not any(p.name.startswith(".run") for p in tmp_path.iterdir())
 
 

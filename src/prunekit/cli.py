@@ -481,6 +481,8 @@ def oneshot(
 
     if sparsity is not None and pattern is not None:
         raise UsageError("give --sparsity or --pattern, not both (an N:M pattern fixes the sparsity)")
+    if method not in ("wanda", "sparsegpt", "magnitude"):
+        raise UsageError(f"--method '{method}' is not wanda, sparsegpt or magnitude")
     section: dict = {"name": "oneshot", "score": method, "calibration_examples": calibration}
     section |= {"pattern": pattern} if pattern is not None else {"sparsity": 0.5 if sparsity is None else sparsity}
     api = _api()
