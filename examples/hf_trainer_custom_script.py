@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from transformers import DataCollatorWithPadding, TrainingArguments
 
-from prunekit.runs import io  # prunekit: a run directory that prunekit.load(...) reads back
 from prunekit.catalog import load_model
 from prunekit.catalog.datasets import load_task_data
 from prunekit.integrations import PrunekitTrainer, finalize_and_compact  # prunekit
 from prunekit.methods.base import create_method  # prunekit
+from prunekit.runs import io  # prunekit: a run directory that prunekit.load(...) reads back
 from prunekit.train.distill import DistillConfig  # prunekit (only with --teacher)
 
 
