@@ -398,6 +398,12 @@ def _run(recipe, out: str, overwrite: bool, resume: bool, progress: bool, as_jso
 Overrides = Annotated[
     list[str] | None, typer.Option("--set", help="Override a recipe value: key.path=value (repeatable).")
 ]
+ModelArg = Annotated[str, typer.Argument(help="Model name (see `prunekit models`), folder or run directory.")]
+DatasetArg = Annotated[str, typer.Argument(help="Dataset name (see `prunekit datasets`) or a CSV/JSONL/JSON file.")]
+TaskOption = Annotated[str | None, typer.Option(help="Task kind for your own file (inferred when possible).")]
+Columns = Annotated[
+    list[str] | None, typer.Option("--column", help="Column mapping canonical=yours, e.g. text=review.")
+]
 
 
 @app.command()
@@ -419,16 +425,14 @@ def prune(
 
 @app.command()
 def finetune(
-    model: Annotated[str, typer.Argument(help="Model name (see `prunekit models`), folder or run directory.")],
-    dataset: Annotated[str, typer.Argument(help="Dataset name (see `prunekit datasets`) or a CSV/JSONL/JSON file.")],
+    model: ModelArg,
+    dataset: DatasetArg,
     out: Annotated[str, typer.Argument(help="Run directory to write.")],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 3,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
     batch_size: Annotated[int, typer.Option(help="Batch size per process.")] = 32,
-    task: Annotated[str | None, typer.Option(help="Task kind for your own file (inferred when possible).")] = None,
-    columns: Annotated[
-        list[str] | None, typer.Option("--column", help="Column mapping canonical=yours, e.g. text=review.")
-    ] = None,
+    task: TaskOption = None,
+    columns: Columns = None,
     overrides: Overrides = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
@@ -451,8 +455,8 @@ def finetune(
 
 @app.command()
 def oneshot(
-    model: Annotated[str, typer.Argument(help="Model name (see `prunekit models`), folder or run directory.")],
-    dataset: Annotated[str, typer.Argument(help="Dataset name (see `prunekit datasets`) or a CSV/JSONL/JSON file.")],
+    model: ModelArg,
+    dataset: DatasetArg,
     out: Annotated[str, typer.Argument(help="Run directory to write.")],
     method: Annotated[str, typer.Option(help="wanda, sparsegpt or magnitude.")] = "wanda",
     sparsity: Annotated[
@@ -467,10 +471,8 @@ def oneshot(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Calibration and evaluation batch size.")] = 8,
-    task: Annotated[str | None, typer.Option(help="Task kind for your own file (inferred when possible).")] = None,
-    columns: Annotated[
-        list[str] | None, typer.Option("--column", help="Column mapping canonical=yours, e.g. text=review.")
-    ] = None,
+    task: TaskOption = None,
+    columns: Columns = None,
     overrides: Overrides = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
