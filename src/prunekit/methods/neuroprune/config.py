@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prunekit.methods.baselines.config import ShrinkConfig
 
@@ -62,8 +62,30 @@ class NeuroPruneConfig(ShrinkConfig):
     merge: bool = Field(
         True, description="Fold a removed head's output-projection columns into its survivor's (function kept)."
     )
+    structure: float | None = Field(
+        None,
+        description="Fraction of the blocks' linear weights to remove as whole units that compaction takes out: FFN "
+        "neurons and hidden dimensions the attention no longer reads (columns of [Wq; Wk; Wv]). The group terms "
+        "become proximal group steps steered along the cubic schedule to it, and the end empties the weakest groups "
+        "to it exactly before the element cut takes the rest of `target_sparsity` (which it needs, and must not "
+        "exceed). Unset: the paper's element-wise terms only.",
+    )
     allow_empty_layers: bool = Field(
         False,
         description="Allow a layer to lose all its heads or neurons; otherwise each keeps at least one head and "
         "one neuron at the end.",
     )
+
+    @model_validator(mode="after")
+    def _structure(self) -> NeuroPruneConfig:
+        if self.structure is None:
+            return self
+        if not 0.0 < self.structure < 1.0:
+            raise ValueError(f"structure must be a fraction in (0, 1), got {self.structure}")
+        if self.target_sparsity is None or self.structure > self.target_sparsity:
+            raise ValueError(
+                f"structure ({self.structure}) is part of target_sparsity: set target_sparsity >= structure"
+            )
+        if self.penalty != "proximal":
+            raise ValueError("structure works through proximal group steps: use penalty: proximal")
+        return self

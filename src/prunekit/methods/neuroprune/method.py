@@ -46,11 +46,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.masks import LayerMask, MaskSet, element_masks, merge, zero_masked
+from prunekit.masks import LayerMask, MaskSet, attention_inputs, element_masks, live_columns, merge, zero_masked
 from prunekit.methods.base import Method, register
 from prunekit.methods.baselines.shrinkage import Pull, ShrinkState, mean_one
 from prunekit.methods.baselines.zeros import dead_structure, exact_magnitude_cut
 from prunekit.methods.neuroprune.config import NeuroPruneConfig
+from prunekit.methods.neuroprune.groups import GroupShrink, units
 from prunekit.methods.neuroprune.heads import prune_redundant_heads
 from prunekit.patterns import kept_count
 from prunekit.topology import Topology, get_module, weight_view
@@ -152,6 +153,8 @@ class NeuroPrune(Method):
         self.c_out: dict[int, torch.Tensor] = {}  # layer -> per-neuron weight of its output column
         self.refreshed_at = 0  # optimizer step of the last degree refresh
         self.shrink = ShrinkState(self.config)  # reference magnitudes and the controller's scale
+        c = self.config  # structure mode: whole neurons and read dimensions (groups.py)
+        self.groups = GroupShrink(c.structure, c.start, c.end, c.control_rate) if c.structure else None
         self.heads: dict[int, torch.Tensor] = {}  # layer -> query heads kept by the head step (only where < all)
         self.merges: list[list[int]] = []  # [epoch, layer, removed head, into head]
         self.final_report: dict[str, Any] = {}
@@ -217,6 +220,8 @@ class NeuroPrune(Method):
         self._pruned = None
         self._refresh(self._degrees())
         self.shrink.attach(self._pulls())
+        if self.groups is not None:
+            self.groups.attach(model, topo)
 
     @torch.no_grad()
     def _degrees(self) -> dict[int, tuple[torch.Tensor, torch.Tensor, int, int]]:
@@ -262,6 +267,17 @@ class NeuroPrune(Method):
         logged, mode = {}, "pull"
         if c.target_sparsity is not None:
             mode, logged = self.shrink.control(step, total_steps, self._near_zero())
+        if self.groups is not None:  # whole groups first: the element pull then counts what they emptied
+            gmode, glog = self.groups.control(
+                step, total_steps, self.groups.empty_fraction(units(self.model, self.topo))
+            )
+            logged |= glog
+            if gmode != "none":
+                logged["structure_shrink"] = self.groups.step(
+                    units(self.model, self.topo), total_steps, gmode, glog["structure_goal"]
+                )
+                zero_masked(self.model, self._structure(self.model), self.topo)
+                self.groups.empty = self.groups.empty_fraction(units(self.model, self.topo))
         if c.penalty == "proximal" and mode != "none":
             logged["shrink"] = self.shrink.step(self._pulls(), total_steps, mode, logged.get("near_zero_goal"))
             # a neuron (head) whose in- or out-degree reached 0 is dead: its other weights change nothing, so they
@@ -328,6 +344,10 @@ class NeuroPrune(Method):
         self.enforce_masks(model)
         weights = self._linears()
         total = sum(w.numel() for w in weights)
+        emptied = None
+        if self.groups is not None:  # the weakest whole groups first, exactly to `structure`
+            emptied = self.groups.cut(units(model, self.topo))
+            zero_masked(model, self._structure(model), self.topo)
         if c.target_sparsity is not None:
             structure, reached = exact_magnitude_cut(
                 model, self.topo, kept_count(total, c.target_sparsity), self._structure
@@ -341,6 +361,7 @@ class NeuroPrune(Method):
         for name, w in zip(self.topo.prunable_linears(), self._linears(), strict=True):
             masks.weights[name] = w != 0
             masks.patterns[name] = "unstructured"
+        read = self._read_dims(model, masks)
         nonzero = sum(int(torch.count_nonzero(w)) for w in self._linears())
         self.final_degrees, stats = self._final_degrees(structure)
         self.final_report = {
@@ -351,11 +372,35 @@ class NeuroPrune(Method):
             "heads_kept": _count(structure, self.topo, "heads"),
             "neurons_kept": _count(structure, self.topo, "neurons"),
             "heads_merged": len(self.merges),
+            **read,
+            **({"structure_removed": emptied} if emptied is not None else {}),
             **stats,
         }
         return masks
 
     # ------------------------------------------------------------ the end
+
+    @torch.no_grad()
+    def _read_dims(self, model: nn.Module, masks: MaskSet) -> dict[str, int]:
+        """Name in `masks` the hidden dimensions q/k/v and the FFN inputs no longer read (zero columns in every
+        matrix of the group: compaction gathers them away) and count the ones kept, over all layers."""
+        hidden, attn, ffn = self.topo.hidden_size, 0, 0
+        for b in self.topo.blocks:
+            lm = masks.layers.get(b.index)
+            heads_left = (
+                b.attention is not None
+                and b.attention.num_heads
+                and (lm is None or lm.heads is None or bool(lm.heads.any()))
+            )
+            if heads_left:
+                cols = live_columns(model, attention_inputs(b.attention), hidden)
+                masks.layer(b.index).attn_cols = cols
+                attn += int(cols.sum())
+            if b.ffn is not None and b.ffn.width:
+                cols = live_columns(model, b.ffn.inputs, hidden)
+                masks.layer(b.index).ffn_cols = cols
+                ffn += int(cols.sum())
+        return {"attn_read_dims_kept": attn, "ffn_read_dims_kept": ffn}
 
     def _structure(self, model: nn.Module) -> MaskSet:
         return dead_structure(model, self.topo, self.masks(), self.config.allow_empty_layers)
@@ -404,6 +449,7 @@ class NeuroPrune(Method):
             **self.shrink.state_dict(),
             "heads": {str(i): t.cpu().clone() for i, t in self.heads.items()},
             "merges": [list(m) for m in self.merges],
+            **(self.groups.state_dict() if self.groups is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -414,6 +460,8 @@ class NeuroPrune(Method):
         self.shrink.load_state_dict(state)
         self.heads = {int(i): t.bool().clone() for i, t in state["heads"].items()}
         self.merges = [list(m) for m in state["merges"]]
+        if self.groups is not None:
+            self.groups.load_state_dict(state)
         self._pruned = None
 
 

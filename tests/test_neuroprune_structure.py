@@ -1,0 +1,156 @@
+"""NeuroPrune's structure mode (methods/neuroprune/groups.py): the proximal group step is group lasso's proximal
+map, the empty fraction follows the schedule, the end is exact, and what it empties compacts away exactly."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+from prunekit.compact.remove import check_equal, compact
+from prunekit.core.errors import UsageError
+from prunekit.methods.base import create_method
+from prunekit.methods.neuroprune.groups import GroupShrink, Unit, units, weighted_quantile
+from prunekit.topology import describe, get_module, weight_view
+from test_neuroprune import _steps
+from tiny import tiny_inputs, tiny_model
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_one_pull_is_the_group_lasso_proximal_map():
+    """Below the cap, g <- argmin_x 0.5 ||x - g||^2 + tau ||x||_2 with tau = lam sqrt(|g|) m (checked against
+    random perturbations); above the cap the group is untouched."""
+    torch.manual_seed(0)
+    w_in, w_out = torch.randn(6, 5), torch.randn(5, 6)
+    w_in[0] *= 0.05  # a weak neuron
+    w_out[:, 0] *= 0.05
+    w_in[1] *= 0.3
+    w_out[:, 1] *= 0.3
+    unit = Unit("ffn.0", [w_in], [w_out])
+    shrink = GroupShrink(fraction=0.2, start=0.0, end=1.0, rate=0.02)
+    shrink.mean_abs, shrink.total, shrink.scale = {"ffn.0": 1.0}, 60, 0.0
+    before = [g.clone() for g in (w_in, w_out)]
+    norms = unit.squares().sqrt()
+    scores = norms / unit.size**0.5
+    lam = float(scores[1]) * 0.5  # empties neuron 0, shrinks neuron 1
+    shrink.scale = lam * 10  # lam = scale / total_steps
+    cap = weighted_quantile(scores, torch.full_like(scores, 10.0), 0.2 * 60)
+    assert float(scores[1]) <= cap < float(scores[2:].min())  # the cap admits exactly the two weak neurons
+    assert shrink.step([unit], total_steps=10, mode="pull") == pytest.approx(lam)
+
+    def group(j, mats):
+        return torch.cat([mats[0][j], mats[1][:, j]])
+
+    tau = lam * unit.size**0.5
+    for j in range(6):
+        g, x = group(j, before), group(j, (w_in, w_out))
+        if j >= 2:
+            assert torch.equal(x, g)
+            continue
+
+        def obj(v, g=g):
+            return 0.5 * float((v - g).square().sum()) + tau * float(v.norm())
+
+        for _ in range(200):
+            assert obj(x) <= obj(x + 1e-3 * torch.randn_like(x)) + 1e-9
+    assert not bool(group(0, (w_in, w_out)).any()) and bool(group(1, (w_in, w_out)).all())
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_structure_mode_follows_the_schedule_and_compacts_exactly(family):
+    model = tiny_model(family)
+    topo = describe(model)
+    method = create_method("neuroprune", {"target_sparsity": 0.6, "structure": 0.3, "theta": 0.0})
+    method.attach(model, topo)
+    largest = max(u.size for u in units(model, topo)) / method.groups.total
+    logs = _steps(model, method, family, range(1, 21), total=20, lr=1e-3)
+    # the empty fraction tracks the schedule from below (a step's pull stops at the goal's quantile); dying
+    # neurons' other weights are zeroed, which can add at most a group's worth
+    assert all(r["structure_empty"] <= r["structure_goal"] + largest for r in logs)
+    assert logs[-1]["structure_empty"] >= 0.3 - largest  # reached by `end` (0.7) and held
+    masks = method.finalize(model)
+    report = method.final_report
+    assert 0.3 <= report["structure_removed"] < 0.3 + largest
+    assert report["sparsity"] == pytest.approx(0.6, abs=0.005)
+    hidden = topo.hidden_size * topo.num_layers
+    removed = (hidden - report["attn_read_dims_kept"]) + (
+        report["neurons_kept"] < sum(b.ffn.width for b in topo.blocks)
+    )
+    assert removed > 0  # something whole went: read dimensions or neurons
+    inputs = tiny_inputs(family)
+    check_equal(model, masks, inputs)  # the compacted model computes what the masked one does
+    before = _params(model)
+    compact(model, masks)
+    assert _params(model) < before
+    gathered = sum(getattr(m, "in_index", None) is not None for m in model.modules())
+    assert (gathered > 0) == (report["attn_read_dims_kept"] < hidden or report["ffn_read_dims_kept"] < hidden)
+
+
+def test_the_end_cut_empties_the_weakest_groups_to_the_fraction():
+    model = tiny_model("bert")
+    topo = describe(model)
+    method = create_method("neuroprune", {"target_sparsity": 0.5, "structure": 0.25})
+    method.attach(model, topo)
+    shrink = method.groups
+    scores, sizes = shrink._scores(units(model, topo))
+    reached = shrink.cut(units(model, topo))
+    after, _ = shrink._scores(units(model, topo))
+    emptied = after == 0
+    assert 0.25 <= reached == float(sizes[emptied].sum()) / shrink.total
+    assert float(scores[emptied].max()) <= float(scores[~emptied].min())  # the weakest went, nothing else changed
+    assert torch.allclose(after[~emptied], scores[~emptied])
+
+
+def test_state_round_trip_and_identical_continuation():
+    model = tiny_model("llama")
+    method = create_method("neuroprune", {"target_sparsity": 0.5, "structure": 0.3, "theta": 1e6})
+    method.attach(model, describe(model))
+    _steps(model, method, "llama", range(1, 9))
+    buf = io.BytesIO()
+    torch.save(method.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    twin_model = copy.deepcopy(model)
+    twin = create_method("neuroprune", method.config.model_dump())
+    twin.attach(twin_model, describe(twin_model))
+    twin.load_state_dict(state)
+    assert twin.groups.scale == method.groups.scale and twin.groups.zeros.keys() == method.groups.zeros.keys()
+    twin._test_opt = torch.optim.AdamW(twin_model.parameters(), lr=1e-2, weight_decay=0.0)
+    twin._test_opt.load_state_dict(copy.deepcopy(method._test_opt.state_dict()))
+    _steps(model, method, "llama", range(9, 13))
+    _steps(twin_model, twin, "llama", range(9, 13))
+    for (k, v), (_, v2) in zip(model.state_dict().items(), twin_model.state_dict().items(), strict=True):
+        assert torch.equal(v, v2), k
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"structure": 0.3}, "target_sparsity"),
+        ({"structure": 0.6, "target_sparsity": 0.5}, "target_sparsity"),
+        ({"structure": 0.3, "target_sparsity": 0.5, "penalty": "loss"}, "proximal"),
+        ({"structure": 0.0, "target_sparsity": 0.5}, "structure"),
+    ],
+)
+def test_bad_structure_config(config, message):
+    with pytest.raises(UsageError, match=message):
+        create_method("neuroprune", config)
+
+
+def test_groups_are_views_on_the_weights():
+    model = tiny_model("bert")
+    topo = describe(model)
+    (ffn, attn, *_) = units(model, topo)
+    att = topo.blocks[0].attention
+    assert attn.count == topo.hidden_size and attn.size == 3 * weight_view(get_module(model, att.q)).shape[0]
+    factor = torch.ones(attn.count)
+    factor[3] = 0.0
+    attn.scale_(factor)
+    for name in (att.q, att.k, att.v):
+        assert not bool(weight_view(get_module(model, name))[:, 3].any())
+    assert ffn.count == topo.blocks[0].ffn.width
