@@ -179,3 +179,6 @@ def test_a_structure_run_through_the_cli_is_smaller_and_reloads(tmp_path):
     assert read < 64 or widths < 128  # something whole was removed
     evaluated = json.loads(_cli("evaluate", str(out), "--json").stdout)[0]
     assert evaluated["accuracy"] == pytest.approx(manifest.metrics["test"]["accuracy"])
+    text = (out / "report.md").read_text()  # the report says what was removed
+    for line in (f"- attn read dims kept: {read}", f"- neurons kept: {widths}", "- structure removed: 0.4"):
+        assert line in text, line

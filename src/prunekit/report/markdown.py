@@ -106,6 +106,9 @@ def _method_section(d: dict[str, Any]) -> list[str]:
         out += ["", "Recipe:", "", *_recipe_block(d["recipe"])]
     report = d.get("method_report") if isinstance(d.get("method_report"), dict) else {}
     scalars = {k: v for k, v in report.items() if isinstance(v, str | int | float | bool)}
+    for section in report.values():  # one level down too (NeuroPrune's final_report: heads, neurons, read dims)
+        if isinstance(section, dict):
+            scalars |= {k: v for k, v in section.items() if isinstance(v, str | int | float | bool)}
     if scalars:  # what the method measured of itself (e.g. a calibration's tokens, seconds, peak memory)
         out += ["", "Method report:", ""] + [f"- {k.replace('_', ' ')}: {_inline(v)}" for k, v in scalars.items()]
     return out
