@@ -33,6 +33,11 @@ No mask variables: two regularisers during ordinary fine-tuning plus a head step
   magnitude cut: exactly kept_count(total, target) non-zero weights remain in the blocks' linears after structure
   removal.
 
+- Structure mode (`structure: F`, groups.py): the attention group term and a neuron-level FFN term act as capped
+  proximal *group* steps, so whole read dimensions of q/k/v and whole neurons empty; their share of the block
+  weights follows the cubic schedule to F, the end empties the weakest groups to F exactly, and the masks name the
+  read dimensions left, so compaction gathers q/k/v onto them and removes the neurons: zeros that run faster.
+
 Degree statistics (the paper reports the std of neuron degree) are logged every step; `finalize` leaves the final
 ones in `final_report` and `save_plots(dir)` draws the degree histogram.
 """
