@@ -171,7 +171,7 @@ def test_a_structure_run_through_the_cli_is_smaller_and_reloads(tmp_path):
     report = manifest.method_report["final_report"]
     # at this tiny model's learning rate (lr / mean |w| ~ 0.1) a group the step emptied can regrow past the pull
     # and the end cut empties it again, over the element target by a few groups (at MiniLM's, lr / m ~ 1e-3)
-    assert report["structure_removed"] >= 0.4 and 0.6 <= report["sparsity"] <= 0.65
+    assert report["structure_removed"] >= 0.4 and 0.599 <= report["sparsity"] <= 0.65
     read = sum(e.attn_cols if e.attn_cols is not None else 32 for e in manifest.structure)
     assert read == report["attn_read_dims_kept"]
     widths = sum(e.ffn_width for e in manifest.structure)
@@ -182,3 +182,43 @@ def test_a_structure_run_through_the_cli_is_smaller_and_reloads(tmp_path):
     text = (out / "report.md").read_text()  # the report says what was removed
     for line in (f"- attn read dims kept: {read}", f"- neurons kept: {widths}", "- structure removed: 0.4"):
         assert line in text, line
+
+
+def test_activation_scores_empty_what_the_data_does_not_use_first():
+    """A neuron with the largest weights but (almost) no activation goes before small neurons the data drives;
+    by weight norm alone it would stay."""
+    model = tiny_model("bert")
+    topo = describe(model)
+    ffn = topo.blocks[0].ffn
+    with torch.no_grad():
+        for name in ffn.inputs:
+            weight_view(get_module(model, name))[5] *= 10.0
+        weight_view(get_module(model, ffn.output))[:, 5] *= 10.0
+    for score, gone in (("magnitude", False), ("activation", True)):
+        twin = copy.deepcopy(model)
+        method = create_method("neuroprune", {"target_sparsity": 0.3, "structure": 0.05, "structure_score": score})
+        method.attach(twin, topo)
+        if method.groups.activations is not None:
+            sq = torch.ones(ffn.width)
+            sq[5] = 1e-8  # the data never drives neuron 5
+            method.groups.activations.sq["ffn.0"] = sq
+        method.groups.cut(units(twin, topo))
+        emptied = not bool(weight_view(get_module(twin, ffn.output))[:, 5].any())
+        assert emptied == gone, score
+
+
+def test_activation_norms_come_from_training_batches_and_leave_with_finalize():
+    model = tiny_model("llama")
+    topo = describe(model)
+    method = create_method("neuroprune", {"target_sparsity": 0.5, "structure": 0.2, "theta": 1e6})
+    method.attach(model, topo)
+    acts = method.groups.activations
+    model.eval()
+    model(**tiny_inputs("llama"))
+    assert acts.sq == {}  # evaluation passes do not count
+    _steps(model, method, "llama", range(1, 3))
+    for b in topo.blocks:  # one RMS per read dimension and per neuron
+        assert acts.sq[f"attn.{b.index}"].shape == (topo.hidden_size,)
+        assert acts.sq[f"ffn.{b.index}"].shape == (b.ffn.width,)
+    method.finalize(model)
+    assert not any(m._forward_pre_hooks for m in model.modules())

@@ -70,6 +70,11 @@ class NeuroPruneConfig(ShrinkConfig):
         "to it exactly before the element cut takes the rest of `target_sparsity` (which it needs, and must not "
         "exceed). Unset: the paper's element-wise terms only.",
     )
+    structure_score: Literal["activation", "magnitude"] = Field(
+        "activation",
+        description="Structure mode: which groups the pull empties first. activation: weight norm times the RMS of "
+        "the group's input over the training batches (what the data sends through it); magnitude: weight norm only.",
+    )
     allow_empty_layers: bool = Field(
         False,
         description="Allow a layer to lose all its heads or neurons; otherwise each keeps at least one head and "

@@ -85,6 +85,53 @@ def units(model: nn.Module, topo: Topology) -> list[Unit]:
     return out
 
 
+class ActivationNorms:
+    """Running mean over training tokens of the squared input of every group: the hidden dimension q / k / v read
+    (the attention's input) and the neuron's activation (the FFN output projection's input). A group's weight norm
+    times its input's norm is what it adds to the output (Wanda's |W| ||x||, per group), so the pull ranks groups by
+    what the data sends through them, not by weight norm alone (issue 25: weight norms pick the wrong units).
+    Recorded by forward hooks in training mode only (exponential mean, `decay` per batch)."""
+
+    def __init__(self, decay: float = 0.9) -> None:
+        self.decay = decay
+        self.sq: dict[str, torch.Tensor] = {}
+        self._hooks: list = []
+
+    def attach(self, model: nn.Module, topo: Topology) -> None:
+        self.remove()
+        for b in topo.blocks:
+            names = attention_inputs(b.attention)
+            if names:
+                self._hook(get_module(model, names[0]), f"attn.{b.index}")
+            if b.ffn is not None and b.ffn.width:
+                self._hook(get_module(model, b.ffn.output), f"ffn.{b.index}")
+
+    def _hook(self, module: nn.Module, key: str) -> None:
+        def record(mod: nn.Module, args: tuple) -> None:
+            if not mod.training or not args:
+                return
+            x = args[0].detach()
+            sq = x.float().square().reshape(-1, x.shape[-1]).mean(0).cpu()
+            old = self.sq.get(key)
+            self.sq[key] = sq if old is None or old.shape != sq.shape else self.decay * old + (1 - self.decay) * sq
+
+        self._hooks.append(module.register_forward_pre_hook(record))
+
+    def weights(self, key: str, count: int) -> torch.Tensor:
+        """Per group: the input's RMS over the unit's mean RMS (ones before any batch)."""
+        sq = self.sq.get(key)
+        if sq is None or sq.numel() != count:
+            return torch.ones(count)
+        rms = sq.sqrt()
+        mean = float(rms.mean())
+        return rms / mean if mean > 0 else torch.ones(count)
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+
 def weighted_quantile(scores: torch.Tensor, sizes: torch.Tensor, amount: float) -> float:
     """The smallest score s such that the groups scoring <= s hold at least `amount` weights (inf: never)."""
     if amount <= 0 or not scores.numel():
@@ -98,8 +145,9 @@ def weighted_quantile(scores: torch.Tensor, sizes: torch.Tensor, amount: float) 
 class GroupShrink:
     """The group pull's reference magnitudes, its controller's scale, and the proximal group step."""
 
-    def __init__(self, fraction: float, start: float, end: float, rate: float) -> None:
+    def __init__(self, fraction: float, start: float, end: float, rate: float, score: str = "activation") -> None:
         self.fraction, self.start, self.end, self.rate = fraction, start, end, rate
+        self.activations = ActivationNorms() if score == "activation" else None
         self.mean_abs: dict[str, float] = {}
         self.scale = 1.0
         self.total = 0  # the blocks' linear weights: `fraction` is of these
@@ -109,6 +157,8 @@ class GroupShrink:
         self.empty: float | None = None
 
     def attach(self, model: nn.Module, topo: Topology) -> None:
+        if self.activations is not None:
+            self.activations.attach(model, topo)
         us = units(model, topo)
         self.mean_abs = {u.key: u.mean_abs() or 1.0 for u in us}
         self.total = sum(weight_view(get_module(model, n)).numel() for n in topo.prunable_linears())
@@ -118,10 +168,13 @@ class GroupShrink:
         self.scale = max(q if q != float("inf") else float(scores.max()), 1e-6) / span
 
     def _scores(self, us: list[Unit]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every group's score s = ||g|| / (sqrt(|g|) m) and size, concatenated over `us` (CPU)."""
+        """Every group's score s = ||g|| / (sqrt(|g|) m), times its input's relative RMS with activation scores, and
+        size, concatenated over `us` (CPU)."""
         scores, sizes = [], []
         for u in us:
             s = u.squares().sqrt().cpu() / (u.size**0.5 * self.mean_abs.get(u.key, 1.0))
+            if self.activations is not None:
+                s = s * self.activations.weights(u.key, u.count)
             scores.append(s)
             sizes.append(torch.full_like(s, float(u.size)))
         if not scores:
@@ -202,6 +255,7 @@ class GroupShrink:
             "group_total": self.total,
             "group_zeros": {k: v.clone() for k, v in self.zeros.items()},
             "group_empty": self.empty,
+            "group_activations": {k: v.clone() for k, v in self.activations.sq.items()} if self.activations else {},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -212,3 +266,5 @@ class GroupShrink:
         self.total = int(state["group_total"])
         self.zeros = {str(k): v.bool().clone() for k, v in state["group_zeros"].items()}
         self.empty = None if state.get("group_empty") is None else float(state["group_empty"])
+        if self.activations is not None:
+            self.activations.sq = {str(k): v.float().clone() for k, v in state.get("group_activations", {}).items()}

@@ -159,7 +159,9 @@ class NeuroPrune(Method):
         self.refreshed_at = 0  # optimizer step of the last degree refresh
         self.shrink = ShrinkState(self.config)  # reference magnitudes and the controller's scale
         c = self.config  # structure mode: whole neurons and read dimensions (groups.py)
-        self.groups = GroupShrink(c.structure, c.start, c.end, c.control_rate) if c.structure else None
+        self.groups = (
+            GroupShrink(c.structure, c.start, c.end, c.control_rate, c.structure_score) if c.structure else None
+        )
         self.heads: dict[int, torch.Tensor] = {}  # layer -> query heads kept by the head step (only where < all)
         self.merges: list[list[int]] = []  # [epoch, layer, removed head, into head]
         self.final_report: dict[str, Any] = {}
@@ -352,6 +354,8 @@ class NeuroPrune(Method):
         emptied = None
         if self.groups is not None:  # the weakest whole groups first, exactly to `structure`
             emptied = self.groups.cut(units(model, self.topo))
+            if self.groups.activations is not None:
+                self.groups.activations.remove()  # training is over: no hooks on the model that is saved
             zero_masked(model, self._structure(model), self.topo)
         if c.target_sparsity is not None:
             structure, reached = exact_magnitude_cut(
