@@ -446,13 +446,9 @@ def test_controller_lowers_the_scale_above_the_schedule(penalty):
 # ---------------------------------------------------------------- state
 
 
-def test_state_round_trip_and_identical_continuation():
-    model = tiny_model("llama")
-    method = create_method("neuroprune", {"target_sparsity": 0.5, "degree_refresh_steps": 2, "theta": 1e6})
-    method.attach(model, describe(model))
-    _steps(model, method, "llama", range(1, 4))
-    method.on_epoch_end(0)
-    _steps(model, method, "llama", range(4, 6))
+def resumed_twin(model, method):
+    """A copy of `model` with a fresh method restored from `method`'s saved state (through torch.save /
+    torch.load) and the test optimizer's state: what a resumed run starts from."""
     buf = io.BytesIO()
     torch.save(method.state_dict(), buf)
     buf.seek(0)
@@ -461,12 +457,23 @@ def test_state_round_trip_and_identical_continuation():
     twin = create_method("neuroprune", method.config.model_dump())
     twin.attach(twin_model, describe(twin_model))
     twin.load_state_dict(state)
+    twin._test_opt = torch.optim.AdamW(twin_model.parameters(), lr=1e-2, weight_decay=0.0)
+    twin._test_opt.load_state_dict(copy.deepcopy(method._test_opt.state_dict()))  # (shares tensors otherwise)
+    return twin_model, twin
+
+
+def test_state_round_trip_and_identical_continuation():
+    model = tiny_model("llama")
+    method = create_method("neuroprune", {"target_sparsity": 0.5, "degree_refresh_steps": 2, "theta": 1e6})
+    method.attach(model, describe(model))
+    _steps(model, method, "llama", range(1, 4))
+    method.on_epoch_end(0)
+    _steps(model, method, "llama", range(4, 6))
+    twin_model, twin = resumed_twin(model, method)
     assert twin.scale == method.scale != 1.0 and twin.refreshed_at == method.refreshed_at == 4
     assert twin.merges == method.merges and len(method.merges) == 3 * 2
     for a, b in ((method.c_in, twin.c_in), (method.c_out, twin.c_out), (method.heads, twin.heads)):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    twin._test_opt = torch.optim.AdamW(twin_model.parameters(), lr=1e-2, weight_decay=0.0)
-    twin._test_opt.load_state_dict(copy.deepcopy(method._test_opt.state_dict()))  # (shares tensors otherwise)
     _steps(model, method, "llama", range(6, 9))
     _steps(twin_model, twin, "llama", range(6, 9))
     for (k, v), (_, v2) in zip(model.state_dict().items(), twin_model.state_dict().items(), strict=True):

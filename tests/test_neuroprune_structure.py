@@ -4,7 +4,6 @@ map, the empty fraction follows the schedule, the end is exact, and what it empt
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from prunekit.core.errors import UsageError
 from prunekit.methods.base import create_method
 from prunekit.methods.neuroprune.groups import GroupShrink, Unit, units, weighted_quantile
 from prunekit.topology import describe, get_module, weight_view
-from test_neuroprune import _steps
+from test_neuroprune import _steps, resumed_twin
 from tiny import tiny_inputs, tiny_model
 
 
@@ -111,17 +110,8 @@ def test_state_round_trip_and_identical_continuation():
     method = create_method("neuroprune", {"target_sparsity": 0.5, "structure": 0.3, "theta": 1e6})
     method.attach(model, describe(model))
     _steps(model, method, "llama", range(1, 9))
-    buf = io.BytesIO()
-    torch.save(method.state_dict(), buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
-    twin_model = copy.deepcopy(model)
-    twin = create_method("neuroprune", method.config.model_dump())
-    twin.attach(twin_model, describe(twin_model))
-    twin.load_state_dict(state)
+    twin_model, twin = resumed_twin(model, method)
     assert twin.groups.scale == method.groups.scale and twin.groups.zeros.keys() == method.groups.zeros.keys()
-    twin._test_opt = torch.optim.AdamW(twin_model.parameters(), lr=1e-2, weight_decay=0.0)
-    twin._test_opt.load_state_dict(copy.deepcopy(method._test_opt.state_dict()))
     _steps(model, method, "llama", range(9, 13))
     _steps(twin_model, twin, "llama", range(9, 13))
     for (k, v), (_, v2) in zip(model.state_dict().items(), twin_model.state_dict().items(), strict=True):
