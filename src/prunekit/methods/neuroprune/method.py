@@ -275,9 +275,11 @@ class NeuroPrune(Method):
         if c.target_sparsity is not None:
             mode, logged = self.shrink.control(step, total_steps, self._near_zero())
         if self.groups is not None:  # whole groups first: the element pull then counts what they emptied
-            gmode, glog = self.groups.control(
-                step, total_steps, self.groups.empty_fraction(units(self.model, self.topo))
-            )
+            # the share the last move left, once there was one (measured now only before the first move)
+            empty = self.groups.empty
+            if empty is None:
+                empty = self.groups.empty_fraction(units(self.model, self.topo))
+            gmode, glog = self.groups.control(step, total_steps, empty)
             logged |= glog
             if gmode != "none":
                 logged["structure_shrink"] = self.groups.step(
