@@ -14,9 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.bench import flops_per_token
+from prunekit.compact.remove import compact
 from prunekit.kernels import unstructured as us
+from prunekit.masks import LayerMask, MaskSet, apply_masks
 from prunekit.runs.io import load, pack_unstructured
 from prunekit.topology import describe, get_module
+from prunekit.topology.modules import GatherLinear
 from tiny import tiny_inputs, tiny_model
 from train_fixtures import sentiment_csv, tiny_bert_dir
 
@@ -89,6 +92,54 @@ def test_packed_model_equals_the_masked_one(family):
         torch.testing.assert_close(model(**inputs).logits, ref, atol=1e-4, rtol=1e-4)
     flops = flops_per_token(model, 16)["blocks"]
     assert us.unpack_sparse(model) == len(names) and flops < 0.2 * flops_per_token(model, 16)["blocks"]
+
+
+def test_a_gathered_linear_packs_onto_the_full_width_input():
+    """A GatherLinear (the read dimensions structure pruning left) in the kernel: its columns become those of the
+    full-width input, so outputs, state dict and the round trip back are the gathered layer's."""
+    index = torch.tensor([0, 3, 4, 9, 17, 30, 31])
+    lin = GatherLinear(len(index), 48, 40)
+    with torch.no_grad():
+        lin.weight.copy_(_sparse_weight(48, len(index), 0.6))
+        lin.in_index.copy_(index)
+    x = torch.randn(3, 50, 40)
+    for backend, tile in us.candidates():
+        sparse = us.SparseLinear(lin, backend, tile)
+        with torch.inference_mode():
+            torch.testing.assert_close(sparse(x), lin(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sparse(x), lin(x))  # training's dense path gathers too
+        assert list(sparse.state_dict()) == list(lin.state_dict()) and sparse.in_index is lin.in_index
+        back = sparse.to_linear()
+        assert type(back) is GatherLinear and back.weight is lin.weight and torch.equal(back.in_index, index)
+        with torch.inference_mode():
+            torch.testing.assert_close(back(x), lin(x))
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_a_gathered_model_packs_exactly(family):
+    """Structure-pruned and then sparse: compaction gathers q / k / v and the FFN inputs onto the read dimensions
+    left, and pack_sparse still puts every matrix in the kernel, equal to the masked model."""
+    model = _zeroed(family)
+    g = torch.Generator().manual_seed(2)
+    layers = {i: LayerMask(attn_cols=torch.rand(32, generator=g) < 0.7, ffn_cols=torch.rand(32, generator=g) < 0.7)
+              for i in range(len(describe(model).blocks))}  # fmt: skip
+    masks = MaskSet(layers=layers)
+    inputs = tiny_inputs(family)
+    masked = copy.deepcopy(model)
+    apply_masks(masked, masks)
+    model = compact(model, masks)
+    names = describe(model).prunable_linears()
+    assert any(isinstance(get_module(model, n), GatherLinear) for n in names)
+    with torch.inference_mode():
+        ref = masked(**inputs).logits
+    report = us.pack_sparse(model, tokens=64, min_speedup=0.0, repeats=1, warmup=0)
+    assert report["packed"] == len(names)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(**inputs).logits, ref, atol=1e-4, rtol=1e-4)
+    us.unpack_sparse(model)
+    assert any(type(get_module(model, n)) is GatherLinear for n in names)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(**inputs).logits, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_only_sparse_enough_and_named_matrices_are_candidates():

@@ -36,6 +36,7 @@ from prunekit.core.threads import torch_threads
 from prunekit.kernels.block_sparse import _time_pair, _tracing
 from prunekit.topology import describe, get_module
 from prunekit.topology.base import set_module
+from prunekit.topology.modules import GatherLinear
 
 Backend = Literal["spmm", "torch-csr"]
 TILES = (16, 32, 64)  # tokens per register tile in spmm.c (TB), chosen per matrix by timing
@@ -91,10 +92,18 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 class Csr:
-    """A weight's kept entries in CSR (int64 row pointers, int32 columns), contiguous for the C kernel."""
+    """A weight's kept entries in CSR (int64 row pointers, int32 columns), contiguous for the C kernel. With
+    `in_index` (a GatherLinear's kept input dimensions, of `full` in all) the columns are those of the full-width
+    input: the kernel reads only the dimensions its weights name, so the gather itself costs nothing."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, in_index: torch.Tensor | None = None, full: int = 0
+    ) -> None:
         w = weight.detach().float().cpu()
+        if in_index is not None:
+            scattered = torch.zeros(w.shape[0], full, dtype=w.dtype)
+            scattered[:, in_index.cpu()] = w
+            w = scattered
         self.out_features, self.in_features = w.shape
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore")
@@ -141,15 +150,19 @@ def torch_csr_linear(x: torch.Tensor, csr: Csr) -> torch.Tensor:
 class SparseLinear(nn.Linear):
     """A linear that multiplies only its non-zero weights at inference (fp32, CPU, no gradient); anything else
     (training, export, tracing, another dtype or device) takes the dense F.linear. Shares the replaced module's
-    parameters: nothing is copied and the state dict is unchanged."""
+    parameters (and a GatherLinear's `in_index`): nothing is copied and the state dict is unchanged."""
 
     def __init__(self, linear: nn.Linear, backend: Backend = "spmm", tile: int = 32) -> None:
         nn.Module.__init__(self)
-        if type(linear) is not nn.Linear:
-            raise UsageError(f"SparseLinear replaces a plain nn.Linear, got {type(linear).__name__}")
+        if type(linear) not in (nn.Linear, GatherLinear):
+            raise UsageError(f"SparseLinear replaces an nn.Linear or GatherLinear, got {type(linear).__name__}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_parameter("weight", linear.weight)
         self.register_parameter("bias", linear.bias)
+        self.gather = isinstance(linear, GatherLinear)
+        if self.gather:  # reads `full_in_features` dimensions of its input, `in_index` of them
+            self.full_in_features = linear.full_in_features
+            self.register_buffer("in_index", linear.in_index)
         if backend not in ("spmm", "torch-csr") or tile not in TILES:
             raise UsageError(f"backend {backend!r} / tile {tile} unknown: use spmm or torch-csr, tile in {TILES}")
         self.backend: Backend = backend
@@ -167,24 +180,32 @@ class SparseLinear(nn.Linear):
     def csr(self) -> Csr:
         b = self.bias
         key = (self.weight._version, self.weight.data_ptr(), None if b is None else (b._version, b.data_ptr()))
+        if self.gather:
+            key = (*key, self.in_index._version, self.in_index.data_ptr())
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, Csr(self.weight, self.bias))
+            index, full = (self.in_index, self.full_in_features) if self.gather else (None, 0)
+            self._cache = (key, Csr(self.weight, self.bias, index, full))
         return self._cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dense = (torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu"
                  or self.weight.device.type != "cpu" or x.numel() == 0 or _tracing())  # fmt: skip
         if dense:
-            return F.linear(x, self.weight, self.bias)
+            return F.linear(x.index_select(-1, self.in_index) if self.gather else x, self.weight, self.bias)
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
+        x2 = x.reshape(-1, x.shape[-1])
         csr = self.csr()
         y = spmm_linear(x2, csr, self.tile) if self.backend == "spmm" else torch_csr_linear(x2, csr)
         return y.reshape(*lead, self.out_features)
 
     def to_linear(self) -> nn.Linear:
-        new = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        shape, bias = (self.in_features, self.out_features), self.bias is not None
+        with torch.device("meta"):
+            full = self.full_in_features if self.gather else 0
+            new = GatherLinear(*shape, full, bias=bias) if self.gather else nn.Linear(*shape, bias=bias)
         new.weight, new.bias = self.weight, self.bias
+        if self.gather:
+            new.in_index = self.in_index
         return new
 
 
@@ -220,7 +241,7 @@ def pack_sparse(
                 set_module(model, name, module)
             entry: dict[str, Any] = {"name": name, "packed": False}
             report.append(entry)
-            if type(module) is not nn.Linear or module.weight.device.type != "cpu":
+            if type(module) not in (nn.Linear, GatherLinear) or module.weight.device.type != "cpu":
                 entry["skipped"] = f"{type(module).__name__} on {module.weight.device.type} is not a CPU nn.Linear"
                 continue
             density = float(module.weight.detach().ne(0).float().mean())
@@ -228,7 +249,7 @@ def pack_sparse(
             if density > max_density:
                 entry["skipped"] = f"density {density:.2f} > {max_density}"
                 continue
-            x = torch.randn(tokens, module.in_features)
+            x = torch.randn(tokens, getattr(module, "full_in_features", module.in_features))
             best: tuple[float, SparseLinear] | None = None
             with torch.inference_mode():
                 for backend, tile in options:
