@@ -201,11 +201,12 @@ class SparseLinear(nn.Linear):
     def to_linear(self) -> nn.Linear:
         shape, bias = (self.in_features, self.out_features), self.bias is not None
         with torch.device("meta"):
-            full = self.full_in_features if self.gather else 0
-            new = GatherLinear(*shape, full, bias=bias) if self.gather else nn.Linear(*shape, bias=bias)
+            if self.gather:
+                new = GatherLinear(*shape, self.full_in_features, bias=bias)
+                new.in_index = self.in_index
+            else:
+                new = nn.Linear(*shape, bias=bias)
         new.weight, new.bias = self.weight, self.bias
-        if self.gather:
-            new.in_index = self.in_index
         return new
 
 

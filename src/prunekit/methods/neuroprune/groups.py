@@ -152,8 +152,9 @@ class GroupShrink:
         self.scale = 1.0
         self.total = 0  # the blocks' linear weights: `fraction` is of these
         self.zeros: dict[str, torch.Tensor] = {}  # groups the last move left empty (what `hold` keeps)
-        # empty fraction right after the last move: what the controller compares with the schedule (measured after
-        # the optimizer's next step, groups it nudged off zero would read as regrown)
+        # empty fraction right after the last move, recorded by the caller once the move and its masks are applied:
+        # what the controller compares with the schedule (measured after the optimizer's next step, groups it nudged
+        # off zero would read as regrown)
         self.empty: float | None = None
 
     def attach(self, model: nn.Module, topo: Topology) -> None:
@@ -187,9 +188,8 @@ class GroupShrink:
         return float(sizes[scores == 0].sum()) / max(self.total, 1)
 
     def control(self, step: int, total_steps: int, empty: float) -> tuple[str, dict[str, float]]:
-        """Move the scale toward the schedule; `pull`, `hold` (above it) or `none` (before `start`). `empty` is the
-        fraction now; the one the previous move left is used when there is one."""
-        empty = empty if self.empty is None else self.empty
+        """Move the scale toward the schedule; `pull`, `hold` (above it) or `none` (before `start`). `empty`: the
+        caller's `self.empty` (the share the last move left) once there is one, else the fraction measured now."""
         goal = cubic_sparsity(step, total_steps, self.fraction, 0.0, self.start, self.end)
         mode = "pull" if step >= self.start * max(total_steps, 1) else "none"
         if mode == "pull":
@@ -225,7 +225,6 @@ class GroupShrink:
                 factor = torch.where(back & (s <= lam), 0.0, 1.0)
             u.scale_(factor)
             self.zeros[u.key] = (u.squares() == 0).cpu()
-        self.empty = self.empty_fraction(us)
         return lam
 
     @torch.no_grad()
