@@ -4,8 +4,9 @@ SmolLM2-135M (pre-trained, the registry package) on Wikipedia (`enwiki`) and Sha
 `prunekit oneshot` does it: calibration on the first `--calibration` sequences of `--seq` tokens of the training
 split, layer by layer (each block measured with the blocks before it pruned); perplexity on the first
 `--eval-chars` characters of the test split's documents, in blocks of `--seq`. Every variant starts from the dense
-weights; `-onepass` variants measure every linear on the dense model in one forward (the ablation). Prints one
-Markdown table per dataset: perplexity, ratio to dense and to magnitude, calibration seconds and peak memory.
+weights; `-onepass` variants measure every linear on the dense model in one forward (the ablation), `-sublayers`
+variants measure and prune the linears of a block in turn (q / k / v, attention output, FFN inputs, FFN output).
+Prints one Markdown table per dataset: perplexity, ratio to dense and to magnitude, calibration seconds and peak memory.
 
     python benchmarks/oneshot.py                                   # ~25 min per dataset on 2 cores
     python benchmarks/oneshot.py --calibration 8 --seq 128 --datasets enwiki --variants wanda-50   # plumbing
@@ -28,7 +29,7 @@ VARIANTS = ("magnitude-50", "wanda-50", "sparsegpt-50", "magnitude-2:4", "wanda-
 
 def config(variant: str) -> dict:
     score, pattern, *rest = variant.split("-")
-    section = {"score": score, "sequential": "onepass" not in rest}
+    section = {"score": score, "sequential": "onepass" not in rest, "sublayers": "sublayers" in rest}
     return section | ({"pattern": pattern} if ":" in pattern else {"sparsity": int(pattern) / 100})
 
 

@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 
 from prunekit.importance.calibration import input_statistics
-from prunekit.importance.layerwise import calibrate_layer_by_layer
+from prunekit.importance.layerwise import calibrate_layer_by_layer, sublayer_stages
 from prunekit.methods.base import create_method
 from prunekit.tasks import get_task
 from prunekit.tasks.base import calibration_batches
@@ -64,6 +64,37 @@ def test_each_block_is_measured_after_the_blocks_before_it_are_pruned(family):
         torch.testing.assert_close(seen[n], expected[n], rtol=1e-6, atol=1e-8)
     dense, _ = input_statistics(before, last.linears(), _batches(family), _hessian, "test")
     assert not torch.allclose(seen[last.linears()[0]], dense[last.linears()[0]])  # the pruning did reach it
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_sublayer_stages_measure_each_linear_after_the_ones_before_it_in_its_block(family):
+    model = tiny_model(family)
+    topo = describe(model)
+    first = topo.blocks[0]
+    stages = sublayer_stages(first)
+    assert [n for s in stages for n in s] == first.linears()  # every linear once, in the forward's order
+    before = copy.deepcopy(model)
+    seen: dict[str, torch.Tensor] = {}
+    calls: list[list[str]] = []
+
+    def halve(spec, sums):
+        seen.update(sums)
+        calls.append(sorted(sums))
+        with torch.no_grad():
+            for n in sums:
+                weight_view(get_module(model, n))[:, ::2] = 0
+
+    calibrate_layer_by_layer(model, _batches(family), _hessian, halve, what="test", stages=sublayer_stages)
+    assert calls[: len(stages)] == [sorted(s) for s in stages]
+    # the FFN output of block 0 is measured with everything before it in the block pruned, itself not yet
+    reference = copy.deepcopy(model)
+    out = first.ffn.output
+    with torch.no_grad():
+        weight_view(get_module(reference, out)).copy_(weight_view(get_module(before, out)))
+    expected, _ = input_statistics(reference, [out], _batches(family), _hessian, "test")
+    torch.testing.assert_close(seen[out], expected[out], rtol=1e-6, atol=1e-8)
+    dense, _ = input_statistics(before, [out], _batches(family), _hessian, "test")
+    assert not torch.allclose(seen[out], dense[out])  # without the stages it would be the dense block's input
 
 
 @pytest.mark.parametrize("sequential", [True, False])

@@ -6,6 +6,10 @@ Why not one forward of the whole model: every block is then measured on the inpu
 before it already pruned, so it compensates their error), and memory holds one block's activations for the
 calibration set instead of every linear's at once. The model's own forward is used up to the first block (its
 masks, position embeddings, relative-position bias are captured as it passes them), so every family works.
+
+`stages=sublayer_stages` goes one step further inside a block (GPTQ's "true sequential"): the linears that read one
+tensor (q / k / v, then the attention output, then the FFN inputs, then its output) are measured and pruned in
+turn, so the attention output projection is measured on what the pruned q / k / v produce, and so on.
 """
 
 from __future__ import annotations
@@ -28,6 +32,24 @@ from prunekit.topology import BlockSpec, describe, get_module
 
 class _Captured(Exception):
     """Raised by the hook on the first block: the rest of the model is not run while capturing."""
+
+
+class _Measured(Exception):
+    """Raised once every linear being measured has read its input: the rest of the block is not run."""
+
+
+Stages = Callable[[BlockSpec], list[list[str]]]
+
+
+def sublayer_stages(spec: BlockSpec) -> list[list[str]]:
+    """The block's linears in groups that read one tensor, in the order the forward reaches them."""
+    stages: list[list[str]] = []
+    if spec.attention is not None:
+        *inputs, output = spec.attention.linears()
+        stages += [inputs, [output]]
+    if spec.ffn is not None:
+        stages += [list(spec.ffn.inputs), [spec.ffn.output]]
+    return [s for s in stages if s]
 
 
 @dataclass
@@ -93,11 +115,13 @@ def calibrate_layer_by_layer(
     *,
     what: str,
     progress: bool = False,
+    stages: Stages | None = None,
 ) -> dict[str, Any]:
     """For every block in order: the fp64 sum over the calibration tokens (padding excluded) of `statistic(X)` for
     each of its linears, X the linear's input as (tokens, in) with the blocks before already pruned; then
-    `prune_block(block, sums)`, which changes the block's weights in place. Returns the token count, the seconds
-    and the peak memory (MB) of the whole calibration. `what` names the caller in errors."""
+    `prune_block(block, sums)`, which changes the block's weights in place. With `stages`, each stage's linears in
+    turn: measured with the stages before them pruned, then `prune_block(block, sums of the stage)`. Returns the
+    token count, the seconds and the peak memory (MB) of the whole calibration. `what` names the caller in errors."""
     topo = describe(model)
     device = next(model.parameters()).device
     was_training = model.training
@@ -115,10 +139,11 @@ def calibrate_layer_by_layer(
             for spec in topo.blocks:
                 bar.update(task, description=f"block {spec.index}: measuring")
                 block = get_module(model, spec.name)
-                sums = _block_statistics(model, block, spec, items, statistic)
-                bar.update(task, description=f"block {spec.index}: pruning")
-                prune_block(spec, sums)
-                del sums
+                for names in stages(spec) if stages is not None else [spec.linears()]:
+                    sums = _block_statistics(model, block, names, items, statistic)
+                    bar.update(task, description=f"block {spec.index}: pruning")
+                    prune_block(spec, sums)
+                    del sums
                 items = [_with_hidden(item, _run_block(block, item)) for item in items]
                 bar.advance(task)
     finally:
@@ -128,13 +153,28 @@ def calibrate_layer_by_layer(
 
 
 def _block_statistics(
-    model: nn.Module, block: nn.Module, spec: BlockSpec, items: list[_BlockInput], statistic: Statistic
+    model: nn.Module, block: nn.Module, names: list[str], items: list[_BlockInput], statistic: Statistic
 ) -> dict[str, torch.Tensor]:
-    recorder = InputRecorder(model, spec.linears(), statistic)
+    recorder = InputRecorder(model, names, statistic)
+    pending: set[str] = set()
+
+    def reached(name: str):
+        def hook(module, args):  # after the recorder's own pre-hook, so the input is already counted
+            pending.discard(name)
+            if not pending:
+                raise _Measured
+
+        return hook
+
+    handles = [get_module(model, n).register_forward_pre_hook(reached(n)) for n in names]
     try:
         for item in items:
             recorder.reset(item.tokens)
-            _run_block(block, item)
+            pending.update(names)
+            with contextlib.suppress(_Measured):
+                _run_block(block, item)
     finally:
         recorder.remove()
+        for h in handles:
+            h.remove()
     return recorder.sums

@@ -31,6 +31,9 @@ class OneShotConfig(MethodConfig):
     sequential: bool = Field(True, description="Layer by layer: each block measured with the blocks before it "
                              "already pruned (the references' procedure; one block's activations in memory). false: "
                              "every linear measured in one forward of the dense model.")  # fmt: skip
+    sublayers: bool = Field(False, description="With sequential: inside each block too, the linears that read "
+                            "one tensor (q / k / v, attention output, FFN inputs, FFN output) measured and pruned "
+                            "in turn, each on what the pruned ones before it produce (true-sequential).")  # fmt: skip
     block: int = Field(128, ge=1, description="sparsegpt: columns pruned and updated together.")
     damp: float = Field(0.01, gt=0, description="sparsegpt: dampening of X^T X, as a fraction of its mean diagonal.")
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.importance.layerwise import calibrate_layer_by_layer
+from prunekit.importance.layerwise import calibrate_layer_by_layer, sublayer_stages
 from prunekit.importance.sparsegpt import input_hessians, sparsegpt_prune
 from prunekit.importance.wanda import input_squares, wanda_masks
 from prunekit.masks import MaskSet
@@ -63,6 +63,7 @@ class OneShot(Method):
             self._calibration = calibrate_layer_by_layer(
                 model, batches, statistic, lambda spec, sums: self._prune(sums, model, keep),
                 what=f"{self.name} ({c.score})", progress=self.progress,
+                stages=sublayer_stages if c.sublayers else None,
             )  # fmt: skip
         else:
             t0 = time.perf_counter()
@@ -108,6 +109,7 @@ class OneShot(Method):
     def report(self) -> dict[str, Any] | None:
         cal = self._calibration
         return {"score": self.config.score, "pattern": self.config.pattern, "sequential": self.config.sequential,
+                "sublayers": self.config.sublayers,
                 "calibration_tokens": cal.get("tokens", 0), "calibration_s": cal.get("seconds"),
                 "calibration_peak_mb": cal.get("peak_memory_mb")}  # fmt: skip
 
