@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,48 @@ def test_sublayers_and_rows_refuse_what_they_cannot_combine_with():
         create_method("structured", {"scope": "latency", "sublayers": 0.25})
     with pytest.raises(Exception, match="repair"):
         create_method("structured", {"repair": True, "rows": 0.25})
+
+
+def _structure(out: Path) -> list[tuple[int, int]]:
+    manifest = json.loads((out / "prunekit.json").read_text())
+    return [(layer["heads"], layer["ffn_width"]) for layer in manifest["structure"]]
+
+
+@pytest.fixture(scope="module")
+def two_rounds(recipe) -> tuple[Path, subprocess.CompletedProcess]:
+    out = recipe.parent / "two-rounds"
+    proc = _prune(recipe, out, "--set", "method.rounds=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_rounds_cut_in_turn_and_end_at_the_one_shot_structure(two_rounds, reference):
+    out, proc = two_rounds
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    removal = [r for r in records if r.get("stage") == "prune" and "removed_structure" in r]
+    # the first cut (3 of 4 heads, 48 of 64 neurons) before training; the second, to 2 and 32, half way through
+    assert [r["step"] for r in removal] == [6] and removal[0]["removed_structure"] == pytest.approx(1 / 3, abs=0.03)
+    first = re.search(r"pruned ([0-9.]+)% of the block weights before training", proc.stderr)
+    assert first and float(first.group(1)) == pytest.approx(25, abs=1)
+    assert _structure(out) == _structure(reference) == [(2, 32), (2, 32)]
+    manifest = json.loads((out / "prunekit.json").read_text())
+    assert manifest["sparsity"]["mask"]["sparsity"] == pytest.approx(0.5, abs=0.02)  # of the dense model
+    assert manifest["method_report"]["cuts_at_steps"] == [0, 6]
+    small = load_file(out / "model.safetensors")["bert.encoder.layer.0.intermediate.dense.weight"]
+    assert small.shape[0] == 32
+
+
+def test_a_run_killed_between_cuts_resumes_to_the_same_weights(tmp_path, recipe, two_rounds):
+    out = tmp_path / "run"
+    killed = _prune(recipe, out, "--set", "method.rounds=2", fault="step:10")  # prune step 4: before the 2nd cut
+    assert killed.returncode != 0 and not out.exists()
+    resumed = _prune(recipe, out, "--set", "method.rounds=2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = load_file(two_rounds[0] / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rounds_refuse_what_they_cannot_combine_with():
+    for other in ({"scope": "global"}, {"repair": True}, {"rows": 0.25}):
+        with pytest.raises(Exception, match="rounds"):
+            create_method("structured", {"rounds": 2, **other})

@@ -265,7 +265,7 @@ def _final_masks(run: Run, model: nn.Module, early, removed: bool, dense_params:
     masks = run.method.finalize(model)
     mask_report = sparsity_report(model, masks)  # after finalize: includes a method's final cut
     run.method.save_plots(run.work / "plots")
-    if early is not None and masks is None:  # a one-shot method: its masks were compacted before training
+    if early is not None and masks is None and not removed:  # a one-shot method: compacted before training
         return model, *early
     if removed:  # what the masks keep of the smaller model, counted against the dense model's weights
         mask_report |= {"params": dense_params, "sparsity": 1 - mask_report["kept"] / dense_params}

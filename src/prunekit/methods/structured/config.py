@@ -69,6 +69,13 @@ class StructuredConfig(MethodConfig):
                                       "language-model split gives blocks of max_length tokens).")  # fmt: skip
     min_heads: int = Field(1, ge=0, description="Attention heads every layer keeps at least.")
     min_neurons: int = Field(1, ge=0, description="FFN neurons every layer keeps at least.")
+    rounds: int = Field(
+        1,
+        ge=1,
+        description="Iterative pruning: the fractions heads / neurons reached in this many equal cuts, the first "
+        "before training and each next one once its share of the training steps is done, re-scored then on the "
+        "calibration batches with the model as trained so far (1: all at once).",
+    )
     repair: bool = Field(
         False,
         description="After removal, re-fit every attention / FFN output projection by least squares to the dense "
@@ -79,6 +86,9 @@ class StructuredConfig(MethodConfig):
     def _combinations(self) -> StructuredConfig:
         if self.scope == "latency" and (self.sublayers > 0 or self.rows > 0):
             raise ValueError("scope latency spends its budget on heads and neurons: set sublayers and rows to 0")
+        if self.rounds > 1 and (self.scope != "layer" or self.sublayers > 0 or self.rows > 0 or self.repair):
+            raise ValueError("rounds > 1 cuts the same fraction of every layer's heads and neurons in turn: use scope "
+                             "layer, with sublayers 0, rows 0 and repair false")  # fmt: skip
         if self.repair and (self.sublayers > 0 or self.rows > 0):
             raise ValueError("repair re-fits the output projections of whole sublayers: set sublayers and rows to 0")
         return self

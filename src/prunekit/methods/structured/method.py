@@ -13,9 +13,11 @@ from prunekit.compact.repair import refit_outputs
 from prunekit.costs import measure_unit_costs, read_unit_costs
 from prunekit.importance import UnitScores, sublayer_masks, sublayer_scores, unit_masks, unit_scores
 from prunekit.importance.allocate import allocate
+from prunekit.importance.select import select_heads
 from prunekit.masks import MaskSet
 from prunekit.methods.base import Method, register
 from prunekit.methods.structured.config import StructuredConfig
+from prunekit.patterns import kept_count, topk_mask
 from prunekit.topology import describe
 
 
@@ -37,6 +39,12 @@ class Structured(Method):
         self._repair: dict[str, float] | None = None
         self._latency: dict[str, Any] | None = None
         self._dropped: list[str] | None = None  # "layer.kind" of the sublayers dropped whole
+        # rounds > 1: the cuts made so far, the steps they were made at, the dense widths the fractions are of,
+        # and the calibration batches the later cuts are scored on (kept in the checkpoints until the last cut)
+        self._round = 0
+        self._cut_steps: list[int] = []
+        self._widths: dict[int, tuple[int, int]] = {}
+        self._data: list[dict] | None = None
 
     def calibration_examples(self) -> int:
         return self.config.calibration_examples
@@ -44,6 +52,13 @@ class Structured(Method):
     def calibrate(self, model: nn.Module, batches: Iterable[dict]) -> None:
         c = self.config
         data = None if c.criterion == "magnitude" else list(batches)  # read twice with sublayers / rows
+        if c.rounds > 1:
+            topo = describe(model)
+            self._widths = {b.index: (b.attention.num_heads if b.attention is not None else 0,
+                                      b.ffn.width if b.ffn is not None else 0) for b in topo.blocks}  # fmt: skip
+            self._data, self._round, self._cut_steps = data, 1, [0]
+            self._masks = self._cut(model, 1)
+            return
         scores: UnitScores = unit_scores(model, c.criterion, data)
         self._batches = scores.batches
         if c.repair:
@@ -68,8 +83,40 @@ class Structured(Method):
             self._dropped = sorted(f"{i}.{kind}" for i, kind in coarse.sublayers
                                    if getattr(self._masks.layer(i), f"drop_{kind}"))  # fmt: skip
 
+    def _cut(self, model: nn.Module, k: int) -> MaskSet:
+        """Masks of the model as it is now that leave in every layer what cut k of `rounds` keeps of its dense
+        heads and neurons, the lowest-scoring on the calibration batches removed."""
+        c = self.config
+        scores = unit_scores(model, c.criterion, self._data)
+        self._batches = scores.batches
+        share, masks = k / c.rounds, MaskSet()
+        for b in describe(model).blocks:
+            heads, width = self._widths[b.index]
+            if b.index in scores.heads:
+                keep = min(kept_count(heads, c.heads * share, min(c.min_heads, heads)), b.attention.num_heads)
+                masks.layer(b.index).heads = select_heads(scores.heads[b.index], keep, b.attention.num_kv_heads)
+            if b.index in scores.neurons:
+                keep = min(kept_count(width, c.neurons * share, min(c.min_neurons, width)), b.ffn.width)
+                masks.layer(b.index).neurons = topk_mask(scores.neurons[b.index], keep)
+        return masks
+
     def prune_before_training(self) -> MaskSet | None:
         return self._masks
+
+    def final_structure(self, step: int, total_steps: int) -> MaskSet | None:
+        """rounds > 1: the next cut, once its share of the training steps is done (the trainer removes it)."""
+        c = self.config
+        if self._round == 0 or self._round >= c.rounds or step < total_steps * self._round // c.rounds:
+            return None
+        self._round += 1
+        self._cut_steps.append(step)
+        masks = self._cut(self.model, self._round)
+        if self._round == c.rounds:
+            self._data = None  # the last cut is made: the batches are not needed again
+        return masks
+
+    def selectable(self, step: int, total_steps: int) -> bool:
+        return self._round >= self.config.rounds or self._round == 0
 
     def after_compact(self, model: nn.Module, batches: Callable[[], Iterable[dict]]) -> None:
         if self._dense is None:
@@ -82,12 +129,19 @@ class Structured(Method):
         out = {"criterion": self.config.criterion, "calibration_batches": self._batches}
         out |= {"latency": self._latency} if self._latency is not None else {}
         out |= {"dropped_sublayers": self._dropped} if self._dropped is not None else {}
+        out |= {"cuts_at_steps": self._cut_steps} if self.config.rounds > 1 else {}
         return out | ({"repair": self._repair} if self._repair is not None else {})
 
     def state_dict(self) -> dict[str, Any]:  # what the report needs after a resume, which does not calibrate again
-        return {"batches": self._batches, "repair": self._repair, "latency": self._latency, "dropped": self._dropped}
+        state = {"batches": self._batches, "repair": self._repair, "latency": self._latency, "dropped": self._dropped}
+        if self.config.rounds > 1:
+            state |= {"round": self._round, "cut_steps": self._cut_steps, "widths": self._widths, "data": self._data}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._batches = state.get("batches", self._batches)
         self._repair, self._latency = state.get("repair"), state.get("latency")
         self._dropped = state.get("dropped")
+        if "round" in state:
+            self._round, self._cut_steps = state["round"], list(state["cut_steps"])
+            self._widths, self._data = dict(state["widths"]), state["data"]
