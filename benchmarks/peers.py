@@ -12,6 +12,8 @@ from that model
   removes);
 - `prunekit-etaylor-hkd`: the same with distillation of the logits and of every block's hidden states (MSE, weight
   1 per block: the pruned model keeps the hidden size);
+- `prunekit-etaylor-rN-hkd`: the same cut in N rounds (`rounds: N`): a share of the structure before training, the
+  next after each 1/N of the recovery steps, re-scored on the same calibration batches with the model as trained;
 - `prunekit-latency-kd`: Taylor scores, but the heads and neurons of any layer removed by least score per
   millisecond saved (`scope: latency`, costs measured on this machine at the largest bench batch) until the
   predicted `--speedup`, then the same recovery with distillation;
@@ -54,6 +56,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -71,6 +74,8 @@ VARIANTS = (
     "prunekit-etaylor",
     "prunekit-etaylor-kd",
     "prunekit-etaylor-hkd",
+    "prunekit-etaylor-r2-hkd",
+    "prunekit-etaylor-r3-hkd",
     "prunekit-latency-kd",
     "prunekit-magnitude-kd",
     "tp-magnitude",
@@ -134,6 +139,8 @@ def prunekit_recipe(args: argparse.Namespace, seed: int, dense_dir: Path, name: 
         criterion = "taylor-elementwise" if name.startswith("prunekit-etaylor") else "taylor"
         method = {"name": "structured", "criterion": criterion, "heads": args.heads, "neurons": args.neurons,
                   "scope": "layer", "calibration_examples": calib}  # fmt: skip
+        if rounds := re.search(r"-r(\d+)-", name):
+            method["rounds"] = int(rounds.group(1))
     recipe = {"model": str(dense_dir), "data": data_section(args), "train": train_section(args, seed),
               "method": method, "bench": bench_section(args)}  # fmt: skip
     if name.endswith("-hkd"):
