@@ -11,7 +11,7 @@ import torch
 from prunekit.compact import compact
 from prunekit.compact.repair import _output_projections, _stacked, normal_equations, refit_outputs
 from prunekit.importance import unit_masks, unit_scores
-from prunekit.topology import describe, get_module
+from prunekit.topology import describe, get_module, weight_view
 from tiny import tiny_inputs, tiny_model
 
 
@@ -62,6 +62,29 @@ def test_each_fit_is_the_least_squares_optimum(family):
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         assert eq.objective(w + 1e-2 * torch.randn(w.shape, generator=g, dtype=w.dtype)) > best
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_block_by_block_repair_equals_the_whole_model_definition(family):
+    """Every projection gets the fit its definition gives: its inputs from whole-model forwards of the pruned
+    model (the projections before it already re-fit), its targets from whole-model forwards of the dense one."""
+    dense, model = _pruned(family)
+    reference = copy.deepcopy(model)
+    batches = _batches(family)
+    refit_outputs(model, dense, lambda: iter(batches))
+    with torch.no_grad():
+        for name in _output_projections(describe(reference)):
+            module = get_module(reference, name)
+            bias = module.bias is not None
+            eq = normal_equations(reference, dense, name, iter(batches), bias=bias)
+            new = eq.solve(1e-4)
+            if eq.objective(new) < eq.objective(_stacked(module)):
+                weight_view(module).copy_(new[: weight_view(module).shape[1]].T.float())
+                if bias:
+                    module.bias.copy_(new[-1].float())
+    for name in _output_projections(describe(model)):
+        torch.testing.assert_close(_stacked(get_module(model, name)), _stacked(get_module(reference, name)),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
 
 
 def test_repair_needs_batches():

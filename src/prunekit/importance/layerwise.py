@@ -53,7 +53,7 @@ def sublayer_stages(spec: BlockSpec) -> list[list[str]]:
 
 
 @dataclass
-class _BlockInput:
+class BlockInput:
     args: tuple
     kwargs: dict[str, Any]
     tokens: torch.Tensor | None  # (batch * seq,) bool: the non-padding tokens the statistics count
@@ -65,13 +65,13 @@ def _no_cache(value: Any) -> Any:
 
 
 @torch.no_grad()
-def _first_block_inputs(model: nn.Module, first: nn.Module, batches: Iterable[dict]) -> tuple[list[_BlockInput], int]:
-    captured: list[_BlockInput] = []
+def first_block_inputs(model: nn.Module, first: nn.Module, batches: Iterable[dict]) -> tuple[list[BlockInput], int]:
+    captured: list[BlockInput] = []
     state: dict[str, torch.Tensor | None] = {"tokens": None}
 
     def capture(module, args, kwargs):
         tokens = state["tokens"]
-        captured.append(_BlockInput(tuple(_no_cache(a) for a in args),
+        captured.append(BlockInput(tuple(_no_cache(a) for a in args),
                                     {k: _no_cache(v) for k, v in kwargs.items()}, tokens))  # fmt: skip
         raise _Captured
 
@@ -91,17 +91,13 @@ def _first_block_inputs(model: nn.Module, first: nn.Module, batches: Iterable[di
     return captured, count
 
 
-def _hidden(item: _BlockInput) -> torch.Tensor:
-    return item.args[0] if item.args else item.kwargs["hidden_states"]
-
-
-def _with_hidden(item: _BlockInput, hidden: torch.Tensor) -> _BlockInput:
+def with_hidden(item: BlockInput, hidden: torch.Tensor) -> BlockInput:
     if item.args:
-        return _BlockInput((hidden, *item.args[1:]), item.kwargs, item.tokens)
-    return _BlockInput(item.args, {**item.kwargs, "hidden_states": hidden}, item.tokens)
+        return BlockInput((hidden, *item.args[1:]), item.kwargs, item.tokens)
+    return BlockInput(item.args, {**item.kwargs, "hidden_states": hidden}, item.tokens)
 
 
-def _run_block(block: nn.Module, item: _BlockInput) -> torch.Tensor:
+def run_block(block: nn.Module, item: BlockInput) -> torch.Tensor:
     out = block(*item.args, **item.kwargs)
     return out[0] if isinstance(out, tuple | list) else out
 
@@ -129,7 +125,7 @@ def calibrate_layer_by_layer(
     exact = start_peak(device)
     start = time.perf_counter()
     try:
-        items, tokens = _first_block_inputs(model, get_module(model, topo.blocks[0].name), batches)
+        items, tokens = first_block_inputs(model, get_module(model, topo.blocks[0].name), batches)
         if tokens == 0 or not items:
             raise no_tokens(what)
         columns = (TextColumn(f"[bold]{what}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -144,7 +140,7 @@ def calibrate_layer_by_layer(
                     bar.update(task, description=f"block {spec.index}: pruning")
                     prune_block(spec, sums)
                     del sums
-                items = [_with_hidden(item, _run_block(block, item)) for item in items]
+                items = [with_hidden(item, run_block(block, item)) for item in items]
                 bar.advance(task)
     finally:
         model.train(was_training)
@@ -153,7 +149,7 @@ def calibrate_layer_by_layer(
 
 
 def _block_statistics(
-    model: nn.Module, block: nn.Module, names: list[str], items: list[_BlockInput], statistic: Statistic
+    model: nn.Module, block: nn.Module, names: list[str], items: list[BlockInput], statistic: Statistic
 ) -> dict[str, torch.Tensor]:
     recorder = InputRecorder(model, names, statistic)
     pending: set[str] = set()
@@ -172,7 +168,7 @@ def _block_statistics(
             recorder.reset(item.tokens)
             pending.update(names)
             with contextlib.suppress(_Measured):
-                _run_block(block, item)
+                run_block(block, item)
     finally:
         recorder.remove()
         for h in handles:
