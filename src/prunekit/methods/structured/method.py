@@ -39,9 +39,8 @@ class Structured(Method):
         self._repair: dict[str, float] | None = None
         self._latency: dict[str, Any] | None = None
         self._dropped: list[str] | None = None  # "layer.kind" of the sublayers dropped whole
-        # rounds > 1: the cuts made so far, the steps they were made at, the dense widths the fractions are of,
-        # and the calibration batches the later cuts are scored on (kept in the checkpoints until the last cut)
-        self._round = 0
+        # rounds > 1: the steps the cuts so far were made at (their count is the round), the dense widths the
+        # fractions are of, and the calibration batches the later cuts are scored on (kept until the last cut)
         self._cut_steps: list[int] = []
         self._widths: dict[int, tuple[int, int]] = {}
         self._data: list[dict] | None = None
@@ -56,7 +55,7 @@ class Structured(Method):
             topo = describe(model)
             self._widths = {b.index: (b.attention.num_heads if b.attention is not None else 0,
                                       b.ffn.width if b.ffn is not None else 0) for b in topo.blocks}  # fmt: skip
-            self._data, self._round, self._cut_steps = data, 1, [0]
+            self._data, self._cut_steps = data, [0]
             self._masks = self._cut(model, 1)
             return
         scores: UnitScores = unit_scores(model, c.criterion, data)
@@ -106,17 +105,17 @@ class Structured(Method):
     def final_structure(self, step: int, total_steps: int) -> MaskSet | None:
         """rounds > 1: the next cut, once its share of the training steps is done (the trainer removes it)."""
         c = self.config
-        if self._round == 0 or self._round >= c.rounds or step < total_steps * self._round // c.rounds:
+        done = len(self._cut_steps)
+        if done == 0 or done >= c.rounds or step < total_steps * done // c.rounds:
             return None
-        self._round += 1
         self._cut_steps.append(step)
-        masks = self._cut(self.model, self._round)
-        if self._round == c.rounds:
+        masks = self._cut(self.model, done + 1)
+        if done + 1 == c.rounds:
             self._data = None  # the last cut is made: the batches are not needed again
         return masks
 
     def selectable(self, step: int, total_steps: int) -> bool:
-        return self._round >= self.config.rounds or self._round == 0
+        return len(self._cut_steps) in (0, self.config.rounds)
 
     def after_compact(self, model: nn.Module, batches: Callable[[], Iterable[dict]]) -> None:
         if self._dense is None:
@@ -135,13 +134,12 @@ class Structured(Method):
     def state_dict(self) -> dict[str, Any]:  # what the report needs after a resume, which does not calibrate again
         state = {"batches": self._batches, "repair": self._repair, "latency": self._latency, "dropped": self._dropped}
         if self.config.rounds > 1:
-            state |= {"round": self._round, "cut_steps": self._cut_steps, "widths": self._widths, "data": self._data}
+            state |= {"cut_steps": self._cut_steps, "widths": self._widths, "data": self._data}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._batches = state.get("batches", self._batches)
         self._repair, self._latency = state.get("repair"), state.get("latency")
         self._dropped = state.get("dropped")
-        if "round" in state:
-            self._round, self._cut_steps = state["round"], list(state["cut_steps"])
-            self._widths, self._data = dict(state["widths"]), state["data"]
+        if "cut_steps" in state:
+            self._cut_steps, self._widths, self._data = list(state["cut_steps"]), dict(state["widths"]), state["data"]
