@@ -17,8 +17,8 @@ from that model
 - `prunekit-latency-kd`: Taylor scores, but the heads and neurons of any layer removed by least score per
   millisecond saved (`scope: latency`, costs measured on this machine at the largest bench batch) until the
   predicted `--speedup`, then the same recovery with distillation;
-- `prunekit-etaylor-latency-hkd`: the same allocation by measured cost, scored by per-weight Taylor, with logit
-  and hidden-state distillation;
+- `prunekit-etaylor-latency[-hkd]`: the same allocation by measured cost, scored by per-weight Taylor, with no
+  distillation (the peer's recovery) or with logit and hidden-state distillation;
 - `prunekit-magnitude-kd`: gradual magnitude pruning of the same structure with distillation, the README's older
   headline, now training small (the heads and neurons removed at the schedule's end, 70% of the epochs);
 - `tp-magnitude` / `tp-taylor`: Torch-Pruning (the optional extra `peers`: `pip install -e .[peers]`) with
@@ -79,6 +79,7 @@ VARIANTS = (
     "prunekit-etaylor-r2-hkd",
     "prunekit-etaylor-r3-hkd",
     "prunekit-latency-kd",
+    "prunekit-etaylor-latency",
     "prunekit-etaylor-latency-hkd",
     "prunekit-magnitude-kd",
     "tp-magnitude",
@@ -120,7 +121,7 @@ def dense_recipe(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 def prunekit_recipe(args: argparse.Namespace, seed: int, dense_dir: Path, name: str) -> dict[str, Any]:
     """The recipe of a prunekit variant: `prunekit-taylor[-kd]` (one-shot Taylor, the peer's structure),
-    `prunekit-[e]taylor-latency-[h]kd` (one-shot Taylor, heads and neurons of any layer chosen by measured cost
+    `prunekit-[e]taylor-latency[-[h]kd]` (one-shot Taylor, heads and neurons of any layer chosen by measured cost
     until the predicted `--speedup` at batch 32), `prunekit-magnitude-kd` (gradual magnitude of the peer's
     structure over the first 70% of the epochs, then the rest on the compacted model)."""
     calib = args.calib_batches * args.batch_size
@@ -128,7 +129,7 @@ def prunekit_recipe(args: argparse.Namespace, seed: int, dense_dir: Path, name: 
         method = {"name": "magnitude", "pattern": ["head", "neuron"], "sparsity": args.heads, "scope": "layer"}
         if args.heads != args.neurons:
             raise SystemExit("prunekit-magnitude-kd prunes heads and neurons to one sparsity: give --heads = --neurons")
-    elif "-latency-" in name:
+    elif "-latency" in name:
         method = {
             "name": "structured",
             "criterion": "taylor-elementwise" if name.startswith("prunekit-etaylor") else "taylor",
