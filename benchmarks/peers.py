@@ -125,6 +125,7 @@ def prunekit_recipe(args: argparse.Namespace, seed: int, dense_dir: Path, name: 
     until the predicted `--speedup` at batch 32), `prunekit-magnitude-kd` (gradual magnitude of the peer's
     structure over the first 70% of the epochs, then the rest on the compacted model)."""
     calib = args.calib_batches * args.batch_size
+    criterion = "taylor-elementwise" if name.startswith("prunekit-etaylor") else "taylor"
     if name == "prunekit-magnitude-kd":
         method = {"name": "magnitude", "pattern": ["head", "neuron"], "sparsity": args.heads, "scope": "layer"}
         if args.heads != args.neurons:
@@ -132,7 +133,7 @@ def prunekit_recipe(args: argparse.Namespace, seed: int, dense_dir: Path, name: 
     elif "-latency" in name:
         method = {
             "name": "structured",
-            "criterion": "taylor-elementwise" if name.startswith("prunekit-etaylor") else "taylor",
+            "criterion": criterion,
             "scope": "latency",
             "speedup": args.speedup,
             "latency_batch": max(args.bench_batch),
@@ -140,7 +141,6 @@ def prunekit_recipe(args: argparse.Namespace, seed: int, dense_dir: Path, name: 
             "calibration_examples": calib,
         }
     else:
-        criterion = "taylor-elementwise" if name.startswith("prunekit-etaylor") else "taylor"
         method = {"name": "structured", "criterion": criterion, "heads": args.heads, "neurons": args.neurons,
                   "scope": "layer", "calibration_examples": calib}  # fmt: skip
         if rounds := re.search(r"-r(\d+)-", name):
