@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prunekit.core.errors import UsageError
-from prunekit.costs import measure_unit_costs, read_unit_costs
+from prunekit.costs import line_through_origin, measure_unit_costs, read_unit_costs
 from prunekit.importance import UnitScores, unit_scores
 from prunekit.importance.allocate import CostCurve, UnitCosts, allocate
 from prunekit.topology import describe
@@ -128,14 +128,46 @@ def test_grouped_query_attention_keeps_the_same_heads_per_kv_group():
         assert per_group[0] == per_group[1]
 
 
+def test_the_fitted_line_is_the_least_squares_one_and_never_negative():
+    r = [0.0, 0.25, 0.5, 0.75]
+    exact = line_through_origin(r, [0.0, 10.0, 20.0, 30.0])
+    assert exact.at(0.5) == pytest.approx(20.0) and exact.at(1.0) == pytest.approx(40.0)
+    noisy = line_through_origin(r, [0.0, 12.0, 17.0, 33.0])
+    slope = noisy.at(1.0)
+    sse = lambda a: sum((a * x - y) ** 2 for x, y in zip(r, [0.0, 12.0, 17.0, 33.0], strict=True))  # noqa: E731
+    assert sse(slope) < sse(slope * 1.01) and sse(slope) < sse(slope * 0.99)  # a minimum
+    assert line_through_origin(r, [0.0, -3.0, -1.0, -2.0]).at(1.0) == 0.0  # noise that says "slower" saves nothing
+
+
+def test_a_bend_in_the_measured_points_does_not_empty_whole_layers():
+    """Layers alike in score must lose alike: with the raw points of a convex measurement (the first quarter of a
+    kind saves little, the rest much) the greedy piles the cut into a few layers; with the fitted line it spreads."""
+    topo = describe(tiny_model("bert"))
+    scores = UnitScores({b.index: torch.linspace(10.0, 100.0, 4) for b in topo.blocks},
+                        {b.index: torch.linspace(0.1, 1.0, 48) for b in topo.blocks}, "taylor", 1)  # fmt: skip
+    pts = [0.0, 0.25, 0.5, 0.75]
+    bent = {"heads": [0.0, 0.5, 1.0, 20.0], "neurons": [0.0, 1.0, 30.0, 45.0]}
+    raw = UnitCosts(100.0, CostCurve(pts, bent["heads"]), CostCurve(pts, bent["neurons"]))
+    fitted = UnitCosts(100.0, line_through_origin(pts, bent["heads"]), line_through_origin(pts, bent["neurons"]))
+
+    def neurons_kept(costs: UnitCosts) -> list[int]:
+        masks, _ = allocate(topo, scores, costs, 1.15)
+        return [int(masks.layers[b.index].neurons.sum()) for b in topo.blocks]
+
+    assert max(neurons_kept(raw)) - min(neurons_kept(raw)) > 10  # the failure the fit is for
+    kept = neurons_kept(fitted)
+    assert max(kept) - min(kept) <= 1 and min(kept) < 48
+
+
 def test_measured_costs_come_from_compacted_copies_and_leave_the_model_as_it_was(tmp_path):
     model = tiny_model("bert")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     costs = measure_unit_costs(model, batch=2, seq_len=8, repeats=2, warmup=1, threads=1)
     assert costs.dense_ms > 0 and costs.batch == 2 and costs.seq_len == 8
-    for curve in (costs.heads, costs.neurons):
-        assert curve.removed == [0.0, 0.25, 0.5, 0.75] and curve.saved[0] == 0
-        assert all(a <= b for a, b in zip(curve.saved, curve.saved[1:], strict=False))  # never falls
+    for kind, curve in (("heads", costs.heads), ("neurons", costs.neurons)):
+        points = costs.measured[kind]
+        assert points["removed"] == [0.0, 0.25, 0.5, 0.75] and points["saved"][0] == 0
+        assert curve == line_through_origin(points["removed"], points["saved"])
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     out = model(**tiny_inputs("bert")).logits

@@ -58,13 +58,15 @@ class CostCurve:
 
 @dataclass
 class UnitCosts:
-    """What heads and FFN neurons cost on one device at one batch and sequence length."""
+    """What heads and FFN neurons cost on one device at one batch and sequence length (`measured`: the raw points
+    the curves were fitted to, for the report)."""
 
     dense_ms: float
     heads: CostCurve | None
     neurons: CostCurve | None
     batch: int = 32
     seq_len: int = 128
+    measured: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,7 +74,8 @@ class UnitCosts:
     @classmethod
     def from_dict(cls, d: dict) -> UnitCosts:
         curve = lambda c: None if c is None else CostCurve(**c)  # noqa: E731
-        return cls(d["dense_ms"], curve(d["heads"]), curve(d["neurons"]), d.get("batch", 32), d.get("seq_len", 128))
+        return cls(d["dense_ms"], curve(d["heads"]), curve(d["neurons"]), d.get("batch", 32), d.get("seq_len", 128),
+                   d.get("measured"))  # fmt: skip
 
 
 def _normalised(scores: UnitScores) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
