@@ -298,16 +298,19 @@ def costs(
     threads: Annotated[int | None, typer.Option(help="Torch threads (default: all cores).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a costs file prunekit wrote before.")] = False,
 ) -> None:
-    """Measure what attention heads and FFN neurons cost on this device: the latency curves `structured` spends a
-    speedup budget with (scope latency; `costs: FILE` to prune elsewhere for this device)."""
+    """Measure what attention heads and FFN neurons cost on this device: what each kind saves per fraction removed,
+    which `structured` spends a speedup budget with (scope latency; `costs: FILE` to prune elsewhere for this
+    device)."""
     _check_bench_args([batch], seq, threads, 1, 0, "cpu")
     result = _api().unit_costs(source, batch=batch, seq=seq, threads=threads, out=out, overwrite=overwrite)
     if out is None:
         typer.echo(json.dumps(result, indent=2))
         return
-    share = {k: result[k]["saved"][-1] / result["dense_ms"] for k in ("heads", "neurons") if result.get(k)}
-    saved = ", ".join(f"{k} {v:.0%}" for k, v in share.items())
-    typer.echo(f"wrote {out}: dense {result['dense_ms']:.1f} ms at batch {batch} x {seq}; removing 75% saves {saved}")
+    from prunekit.importance.allocate import CostCurve
+
+    half = {k: CostCurve(**result[k]).at(0.5) / result["dense_ms"] for k in ("heads", "neurons") if result.get(k)}
+    saved = ", ".join(f"{k} {v:.0%}" for k, v in half.items())
+    typer.echo(f"wrote {out}: dense {result['dense_ms']:.1f} ms at batch {batch} x {seq}; removing half saves {saved}")
 
 
 @app.command()
