@@ -306,9 +306,8 @@ def costs(
     if out is None:
         typer.echo(json.dumps(result, indent=2))
         return
-    from prunekit.importance.allocate import CostCurve
-
-    half = {k: CostCurve(**result[k]).at(0.5) / result["dense_ms"] for k in ("heads", "neurons") if result.get(k)}
+    line = {k: result[k]["saved"][-1] / result[k]["removed"][-1] for k in ("heads", "neurons") if result.get(k)}
+    half = {k: 0.5 * slope / result["dense_ms"] for k, slope in line.items()}  # the fitted line at half removed
     saved = ", ".join(f"{k} {v:.0%}" for k, v in half.items())
     typer.echo(f"wrote {out}: dense {result['dense_ms']:.1f} ms at batch {batch} x {seq}; removing half saves {saved}")
 
